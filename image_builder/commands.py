@@ -1,0 +1,152 @@
+"""Argument lists for buildah, skopeo and uv; pure functions so tests can check them without running anything."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from image_builder.spec import PLATFORM_WHEEL_TAGS, BuildSpec
+
+DEPS_DIR = "/opt/flops/deps"
+# The base images' own PATH (Debian and python:*-slim) with the dependency layer's scripts first.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _tls(tls_verify: bool) -> str:
+    return f"--tls-verify={'true' if tls_verify else 'false'}"
+
+
+def skopeo_inspect_raw(ref: str, tls_verify: bool) -> list[str]:
+    """Raw manifest (or manifest list) of an image in a registry: the cheap 'is it there?' look-up."""
+    return ["skopeo", "inspect", "--raw", _tls(tls_verify), f"docker://{ref}"]
+
+
+def skopeo_inspect_config(ref: str, tls_verify: bool) -> list[str]:
+    return ["skopeo", "inspect", "--config", _tls(tls_verify), f"docker://{ref}"]
+
+
+def buildah_from(image: str, *, tls_verify: bool = True, pull: str = "missing") -> list[str]:
+    """A working container from `image`; pull 'missing' for digests, 'never' for our local cache images."""
+    return ["buildah", "from", "--quiet", f"--pull={_pull_value(pull)}", _tls(tls_verify), image]
+
+
+def _pull_value(pull: str) -> str:
+    # buildah 1.28 spells "pull when missing" as --pull=false.
+    return {"missing": "false", "never": "never", "always": "always"}[pull]
+
+
+def buildah_copy(container: str, source: Path, dest: str) -> list[str]:
+    return ["buildah", "copy", "--quiet", container, str(source), dest]
+
+
+def buildah_config(
+    container: str,
+    *,
+    env: dict[str, str] | None = None,
+    entrypoint: list[str] | None = None,
+    cmd: list[str] | None = None,
+    workdir: str | None = None,
+    labels: dict[str, str] | None = None,
+) -> list[str]:
+    args = ["buildah", "config"]
+    for key, value in (env or {}).items():
+        args += ["--env", f"{key}={value}"]
+    if entrypoint is not None:
+        args += ["--entrypoint", json.dumps(entrypoint)]
+    if cmd is not None:
+        args += ["--cmd", json.dumps(cmd) if cmd else ""]
+    if workdir is not None:
+        args += ["--workingdir", workdir]
+    for key, value in (labels or {}).items():
+        args += ["--label", f"{key}={value}"]
+    return [*args, container]
+
+
+def buildah_commit(container: str, image: str) -> list[str]:
+    return ["buildah", "commit", "--quiet", "--rm", container, image]
+
+
+def buildah_image_exists(image: str) -> list[str]:
+    return ["buildah", "inspect", "--type", "image", "--format", "{{.FromImageID}}", image]
+
+
+def buildah_push(image: str, dest: str, tls_verify: bool) -> list[str]:
+    return ["buildah", "push", "--quiet", _tls(tls_verify), image, dest]
+
+
+def buildah_manifest_create(list_name: str) -> list[str]:
+    return ["buildah", "manifest", "create", list_name]
+
+
+def buildah_manifest_add(list_name: str, image: str) -> list[str]:
+    return ["buildah", "manifest", "add", list_name, f"containers-storage:{image}"]
+
+
+def buildah_manifest_push(list_name: str, dest: str, tls_verify: bool, digest_file: Path) -> list[str]:
+    return [
+        "buildah", "manifest", "push", "--all", "--quiet", _tls(tls_verify),
+        "--digestfile", str(digest_file), list_name, dest,
+    ]
+
+
+def buildah_rm_images(*images: str) -> list[str]:
+    return ["buildah", "rmi", "--force", *images]
+
+
+def pip_options(spec: BuildSpec) -> list[str]:
+    """Index options shared by uv on the host and pip in an emulated install."""
+    args: list[str] = []
+    if spec.pip_index_url:
+        args += ["--index-url", spec.pip_index_url]
+    for url in spec.pip_extra_index_urls:
+        args += ["--extra-index-url", url]
+    for links in spec.pip_find_links:
+        args += ["--find-links", links]
+    return args
+
+
+def uv_install_for_platform(
+    spec: BuildSpec,
+    platform: str,
+    target: Path,
+    requirements: Path,
+    constraints: Path | None,
+) -> list[str]:
+    """Resolve and install wheels for the target platform into `target`, on the build host: nothing emulated.
+
+    --python-platform makes uv evaluate markers and pick wheels for the target (pip --platform would
+    evaluate markers for the host); --only-binary keeps any build step off the host.
+    """
+    args = [
+        "uv", "pip", "install",
+        "--target", str(target),
+        "--python-platform", PLATFORM_WHEEL_TAGS[platform],
+        "--python-version", spec.python_version,
+        "--only-binary", ":all:",
+        "--no-config",
+        "--index-strategy", "unsafe-best-match",
+        "-r", str(requirements),
+    ]
+    if constraints is not None:
+        args += ["-c", str(constraints)]
+    return args + pip_options(spec)
+
+
+def emulated_pip_install(spec: BuildSpec, requirements: str, constraints: str | None) -> list[str]:
+    """pip inside the target-arch container (under QEMU): the fallback for packages without a wheel."""
+    args = [
+        "python3", "-m", "pip", "install", "--no-cache-dir", "--disable-pip-version-check",
+        "--break-system-packages", "--target", DEPS_DIR, "-r", requirements,
+    ]
+    if constraints is not None:
+        args += ["-c", constraints]
+    return args + pip_options(spec)
+
+
+def buildah_run(container: str, command: list[str], mounts: list[tuple[str, str]], env: dict[str, str]) -> list[str]:
+    args = ["buildah", "run", "--isolation", "chroot"]
+    for source, dest in mounts:
+        args += ["--volume", f"{source}:{dest}:ro"]
+    for key, value in env.items():
+        args += ["--env", f"{key}={value}"]
+    return [*args, container, "--", *command]

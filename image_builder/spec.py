@@ -1,0 +1,128 @@
+"""What to build (BuildSpec), what came out (BuildResult) and the progress events in between."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from flops.errors import ConfigError
+
+SUPPORTED_PLATFORMS = ("linux/amd64", "linux/arm64")
+
+# Debian bookworm (python:3.11-slim and our mmdebstrap base) ships glibc 2.36: wheels up to that tag run.
+PLATFORM_WHEEL_TAGS = {
+    "linux/amd64": "x86_64-manylinux_2_36",
+    "linux/arm64": "aarch64-manylinux_2_36",
+}
+PLATFORM_MACHINES = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
+
+
+class BuildSpec(BaseModel):
+    """One multi-arch image to build: base, dependency, runtime and code layers, in that order."""
+
+    name: str = Field(description="repository name inside the registry, e.g. 'flops/mnist'")
+    context_dir: Path = Field(description="files for the code layer, copied to `workdir`")
+    requirements: list[str] = Field(default_factory=list, description="pip requirement lines")
+    platform_constraints: dict[str, list[str]] = Field(
+        default_factory=dict, description="extra constraint lines per platform, e.g. {'linux/arm64': ['torch<=2.10']}"
+    )
+    entrypoint: list[str] = Field(default_factory=list)
+    cmd: list[str] = Field(default_factory=list)
+    runtime_files: dict[str, str] = Field(
+        default_factory=dict, description="absolute path in the image -> text; the runtime layer, mode 0755"
+    )
+    env: dict[str, str] = Field(default_factory=dict)
+    workdir: str = "/app"
+    platforms: list[str] = Field(default_factory=lambda: ["linux/amd64"])
+    registry: str | None = Field(default=None, description="HOST[:PORT] to push the manifest list to")
+    base_image: str | None = Field(default=None, description="default: docker.io/library/python:<python_version>-slim")
+    python_version: str = "3.11"
+    pip_index_url: str | None = None
+    pip_extra_index_urls: list[str] = Field(default_factory=list)
+    pip_find_links: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+    output: str | None = Field(default=None, description="'oci-archive:PATH' to write instead of (or besides) pushing")
+    tag: str | None = Field(default=None, description="default: a content hash of every input")
+    no_cache: bool = False
+    tls_verify: bool = True
+    no_emulation: bool = False
+    log_file: Path | None = None
+    ca_bundle: Path | None = Field(
+        default=None, description="CA file mounted for pip in an emulated install; default $SSL_CERT_FILE"
+    )
+
+    @field_validator("platforms")
+    @classmethod
+    def _known_platforms(cls, platforms: list[str]) -> list[str]:
+        unknown = [p for p in platforms if p not in SUPPORTED_PLATFORMS]
+        if unknown or not platforms:
+            raise ValueError(f"unsupported platform(s) {unknown}; known: {', '.join(SUPPORTED_PLATFORMS)}")
+        return list(dict.fromkeys(platforms))
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*", name):
+            raise ValueError(f"image name {name!r} is not a valid repository name (lowercase, digits, . _ - /)")
+        return name
+
+    @field_validator("python_version")
+    @classmethod
+    def _major_minor(cls, version: str) -> str:
+        if not re.fullmatch(r"3\.\d+", version):
+            raise ValueError(f"python_version {version!r} must look like '3.11'")
+        return version
+
+    @model_validator(mode="after")
+    def _has_destination(self) -> BuildSpec:
+        if not self.registry and not self.output:
+            raise ValueError("give a registry to push to or an output 'oci-archive:PATH'")
+        if self.output and not self.output.startswith("oci-archive:"):
+            raise ValueError(f"output {self.output!r} must be 'oci-archive:PATH'")
+        return self
+
+    @property
+    def resolved_base_image(self) -> str:
+        return self.base_image or f"docker.io/library/python:{self.python_version}-slim"
+
+    @classmethod
+    def checked(cls, **fields: object) -> BuildSpec:
+        """Build a spec from user input, turning validation errors into a ConfigError that names the field."""
+        from pydantic import ValidationError
+
+        try:
+            return cls(**fields)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "build spec"
+            raise ConfigError(f"{where}: {first['msg']}") from exc
+
+
+class BuildResult(BaseModel):
+    """What a build produced; `image` is REF@DIGEST of the manifest list (or oci-archive:PATH@DIGEST)."""
+
+    image: str
+    tag: str
+    platforms: list[str]
+    size_bytes: dict[str, int]
+    duration_s: float
+    cached: bool
+    layers: dict[str, list[str]] = Field(default_factory=dict, description="platform -> layer digests, base first")
+    dependency_layer: dict[str, str] = Field(default_factory=dict, description="platform -> digest of the deps layer")
+    emulated: list[str] = Field(default_factory=list, description="platforms whose deps were installed under QEMU")
+
+
+class ProgressEvent(BaseModel):
+    """A step starting or finishing, or one line of a tool's output."""
+
+    kind: Literal["step", "done", "line", "warning"]
+    platform: str | None = None
+    step: str = ""
+    message: str = ""
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
