@@ -1,0 +1,62 @@
+"""Load a bundle's PyTorch model with torch alone and predict exactly as MLflow's pyfunc wrapper does."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inference.bundle import BundleMetadata, read_metadata
+from inference.errors import BundleError
+
+
+class ServedModel:
+    """A loaded model plus its metadata; `predict` runs one forward pass over a whole batch."""
+
+    def __init__(self, bundle_dir: Path) -> None:
+        self.bundle_dir = bundle_dir
+        self.metadata: BundleMetadata = read_metadata(bundle_dir)
+        self._module = _load_module(bundle_dir, self.metadata)
+        # Exported (pt2) graphs and user modules are not documented as thread-safe; one pass at a time.
+        self._lock = threading.Lock()
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        """Mirror mlflow.pytorch._PyTorchWrapper.predict for numpy input on CPU, so outputs match bit for bit."""
+        with self._lock, torch.no_grad():
+            outputs = self._module(torch.from_numpy(inputs))
+        if not isinstance(outputs, torch.Tensor):
+            raise TypeError(f"the model returned {type(outputs).__name__}, expected one tensor")
+        return outputs.numpy()
+
+
+def _load_module(bundle_dir: Path, metadata: BundleMetadata) -> torch.nn.Module:
+    if metadata.code_dir:
+        # Same as MLflow: the logged code directory goes first on sys.path so pickles find the user's classes.
+        code_path = str((bundle_dir / metadata.code_dir).resolve())
+        if code_path not in sys.path:
+            sys.path.insert(0, code_path)
+    weights = bundle_dir / metadata.weights_file
+    try:
+        if metadata.serialization == "pt2":
+            # MLflow does not call eval() on exported programs; neither do we, to keep the same graph.
+            return torch.export.load(str(weights)).module()
+        module = torch.load(str(weights), weights_only=False, pickle_module=_pickle_module())
+    except Exception as exc:  # any failure to deserialize means the bundle cannot be served
+        raise BundleError(f"{weights}: cannot load the model: {type(exc).__name__}: {exc}") from exc
+    module.eval()
+    return module
+
+
+def _pickle_module():  # type: ignore[no-untyped-def]
+    """cloudpickle when present (MLflow saved with it, and by-value classes need it), else stdlib pickle."""
+    try:
+        import cloudpickle
+
+        return cloudpickle
+    except ImportError:
+        import pickle
+
+        return pickle
