@@ -1,0 +1,173 @@
+"""The FastAPI inference server: /predict, /health, /ready, /metadata, /metrics and the OpenAPI docs."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from inference.bundle import BundleMetadata, read_metadata
+from inference.metrics import MetricsMiddleware, ServerMetrics
+from inference.model import ServedModel
+from inference.payload import PredictRequest, PredictResponse, RequestRejected, encode_outputs, parse_inputs
+from inference.settings import ServerSettings
+
+log = logging.getLogger("flops.inference")
+
+
+
+class ModelSlot:
+    """Holds the model while it loads in a background thread, so /health and /ready answer meanwhile."""
+
+    def __init__(self, bundle_dir: Path) -> None:
+        self.bundle_dir = bundle_dir
+        self.model: ServedModel | None = None
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._load, name="flops-model-loader", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        try:
+            self.model = ServedModel(self.bundle_dir)
+        except Exception as exc:  # reported on /ready and /health instead of killing the server silently
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.error("model failed to load: %s", self.error)
+            return
+        log.info("model loaded in %.2fs", time.perf_counter() - started)
+
+
+def create_app(settings: ServerSettings, load_in_background: bool = True) -> FastAPI:
+    """Build the app for the bundle in `settings.bundle_dir`; reads its metadata now and raises BundleError."""
+    metadata = read_metadata(settings.bundle_dir)
+    metrics = ServerMetrics(metadata)
+    slot = ModelSlot(settings.bundle_dir)
+    app = FastAPI(
+        title=f"FLOps inference: {metadata.display_name}",
+        description=_describe(metadata),
+        version=metadata.model_version or "0",
+    )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.state.slot = slot
+    if load_in_background:
+        slot.start()
+    else:
+        slot._load()
+    metrics.ready.set_function(lambda: 1.0 if slot.model is not None else 0.0)
+    _add_predict(app, metadata, slot, metrics, settings.max_request_bytes)
+    _add_probes(app, metadata, slot, metrics)
+    return app
+
+
+def _add_predict(
+    app: FastAPI, metadata: BundleMetadata, slot: ModelSlot, metrics: ServerMetrics, max_request_bytes: int
+) -> None:
+    @app.post(
+        "/predict",
+        response_model=PredictResponse,
+        summary="Predict one batch in one forward pass",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+            }
+        },
+        responses={
+            400: {"description": "Body is not valid JSON"},
+            413: {"description": f"Body larger than the limit ({max_request_bytes} bytes)"},
+            415: {"description": "Content-Type is not JSON"},
+            422: {"description": "Inputs do not match the model's input schema"},
+            503: {"description": "Model still loading or failed to load"},
+        },
+    )
+    async def predict(request: Request) -> Response:
+        # The body is parsed by hand, not by a pydantic parameter: orjson straight into numpy is ~5x faster
+        # and lets us answer 400 (not FastAPI's 422) for a body that is not JSON.
+        try:
+            _check_content_type(request.headers.get("content-type"))
+            body = await _read_limited(request, max_request_bytes)
+            inputs = parse_inputs(body, metadata.inputs)
+        except RequestRejected as rejected:
+            return _error(rejected.status_code, rejected.message)
+        model = slot.model
+        if model is None:
+            return _error(503, slot.error or "model is still loading; retry when /ready answers 200")
+        started = time.perf_counter()
+        outputs = model.predict(inputs)
+        metrics.model_seconds.observe(time.perf_counter() - started)
+        metrics.batch_rows.observe(inputs.shape[0])
+        return Response(encode_outputs(outputs, metadata.classifier), media_type="application/json")
+
+
+def _add_probes(app: FastAPI, metadata: BundleMetadata, slot: ModelSlot, metrics: ServerMetrics) -> None:
+    @app.get("/health", summary="Liveness: 200 unless the model failed to load")
+    async def health() -> JSONResponse:
+        if slot.error:
+            return _error(503, slot.error)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/ready", summary="Readiness: 200 once the model is loaded and can predict")
+    async def ready() -> JSONResponse:
+        if slot.model is None:
+            return _error(503, slot.error or "model is still loading")
+        return JSONResponse({"status": "ready", "model": metadata.display_name})
+
+    @app.get("/metadata", summary="The served model: name, version, run, source and signature")
+    async def model_metadata() -> dict[str, Any]:
+        return metadata.model_dump(
+            include={
+                "model_name", "model_version", "run_id", "source_url", "source_commit",
+                "inputs", "outputs", "classifier", "serialization", "torch_version",
+            }
+        )
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _check_content_type(content_type: str | None) -> None:
+    # A missing Content-Type is read as JSON (curl --data-binary sends none); an explicit other type is refused.
+    if content_type is None:
+        return
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise RequestRejected(415, f"Content-Type {media_type!r} is not supported; send application/json")
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestRejected(413, f"body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise RequestRejected(413, f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error(status_code: int, message: str) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status_code)
+
+
+def _describe(metadata: BundleMetadata) -> str:
+    source = f"{metadata.source_url or 'unknown source'} @ {metadata.source_commit or 'unknown commit'}"
+    return (
+        f"Serves model **{metadata.display_name}** (run {metadata.run_id or 'unknown'}, {source}).\n\n"
+        f"Input: `{metadata.inputs.dtype}` shaped `{metadata.inputs.shape}`; "
+        f"output: `{metadata.outputs.dtype}` shaped `{metadata.outputs.shape}` (-1 = any size)."
+    )
