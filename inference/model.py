@@ -43,20 +43,9 @@ def _load_module(bundle_dir: Path, metadata: BundleMetadata) -> torch.nn.Module:
         if metadata.serialization == "pt2":
             # MLflow does not call eval() on exported programs; neither do we, to keep the same graph.
             return torch.export.load(str(weights)).module()
-        module = torch.load(str(weights), weights_only=False, pickle_module=_pickle_module())
+        # MLflow pickles with cloudpickle, whose output stdlib pickle reads (by-value classes import cloudpickle).
+        module = torch.load(str(weights), weights_only=False)
     except Exception as exc:  # any failure to deserialize means the bundle cannot be served
         raise BundleError(f"{weights}: cannot load the model: {type(exc).__name__}: {exc}") from exc
     module.eval()
     return module
-
-
-def _pickle_module():  # type: ignore[no-untyped-def]
-    """cloudpickle when present (MLflow saved with it, and by-value classes need it), else stdlib pickle."""
-    try:
-        import cloudpickle
-
-        return cloudpickle
-    except ImportError:
-        import pickle
-
-        return pickle

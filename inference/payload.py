@@ -49,7 +49,7 @@ def parse_inputs(body: bytes, schema: TensorSchema) -> np.ndarray:
         raw = np.asarray(batch)
     except (ValueError, OverflowError):
         raise RequestRejected(
-            422, f"inputs must be a rectangular nested list of numbers shaped {_shape_text(schema.shape)}"
+            422, f"inputs must have shape {_shape_text(schema.shape)}, got a ragged or mixed-type list"
         ) from None
     _check_shape(raw, schema)
     return _cast(raw, schema.dtype)
