@@ -1,0 +1,73 @@
+"""The BuildSpec for an augmented Flower app: one image, every role, entrypoint and selfcheck from templates/image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from flops import __version__ as flops_version
+from image_builder.spec import BuildSpec
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates" / "image"
+ENTRYPOINT_PATH = "/opt/flops/entrypoint.sh"
+SELFCHECK_PATH = "/opt/flops/selfcheck.py"
+APP_WORKDIR = "/app"
+ROLES = ("learner", "cluster-aggregator", "cluster-superlink", "root-aggregator", "selfcheck")
+
+
+def render_image_template(name: str, **context: Any) -> str:
+    """Render templates/image/<name>; a misspelled variable fails (StrictUndefined)."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    return env.get_template(name).render(**context)
+
+
+def runtime_files(workdir: str = APP_WORKDIR) -> dict[str, str]:
+    context = {"flops_version": flops_version, "workdir": workdir, "selfcheck_path": SELFCHECK_PATH}
+    return {
+        ENTRYPOINT_PATH: render_image_template("entrypoint.sh.j2", **context),
+        SELFCHECK_PATH: render_image_template("selfcheck.py.j2", **context),
+    }
+
+
+def oci_labels(source_url: str | None, commit: str | None) -> dict[str, str]:
+    labels = {}
+    if source_url:
+        labels["org.opencontainers.image.source"] = source_url
+    if commit:
+        labels["org.opencontainers.image.revision"] = commit
+    return labels
+
+
+def flower_app_spec(
+    app_dir: Path,
+    *,
+    name: str,
+    requirements: list[str],
+    source_url: str | None = None,
+    commit: str | None = None,
+    **build_options: Any,
+) -> BuildSpec:
+    """Spec of the image for an augmented Flower app in app_dir (its pyproject.toml at the top).
+
+    build_options are the remaining BuildSpec fields (platforms, registry, base_image, pip options, ...).
+    """
+    labels = {**oci_labels(source_url, commit), **build_options.pop("labels", {})}
+    return BuildSpec.checked(
+        name=name,
+        context_dir=app_dir,
+        requirements=requirements,
+        entrypoint=[ENTRYPOINT_PATH],
+        cmd=["selfcheck"],
+        runtime_files=runtime_files(APP_WORKDIR),
+        env={"FLWR_HOME": "/var/lib/flops/flwr", "PYTHONUNBUFFERED": "1"},
+        workdir=APP_WORKDIR,
+        labels=labels,
+        **build_options,
+    )

@@ -1,0 +1,1 @@
+"""Fixture Flower app for the image builder tests."""

@@ -1,0 +1,5 @@
+"""Fixture ServerApp."""
+
+from flwr.serverapp import ServerApp
+
+app = ServerApp()
