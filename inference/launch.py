@@ -1,0 +1,116 @@
+"""Start the inference server: as a local `python -m inference` process, or an image under podman or docker."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from inference.errors import ServeError
+
+CONTAINER_PORT = 8080
+# Engines to run an image with, in order of preference (podman is the project's container tool).
+ENGINES = ("podman", "docker")
+
+
+def server_process_args() -> list[str]:
+    """The command that runs the server from a bundle, exactly as the image's entrypoint does."""
+    return [sys.executable, "-m", "inference"]
+
+
+def start_local_server(
+    bundle_dir: Path, port: int, host: str = "127.0.0.1", extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `python -m inference` on `bundle_dir` in the background; the caller stops it."""
+    env = {
+        **os.environ,
+        "FLOPS_BUNDLE": str(bundle_dir),
+        "PORT": str(port),
+        "HOST": host,
+        **(extra_env or {}),
+    }
+    try:
+        return subprocess.Popen(server_process_args(), env=env, stdin=subprocess.DEVNULL)
+    except OSError as exc:
+        raise ServeError(f"cannot start the inference server: {exc}") from exc
+
+
+def wait_until_ready(base_url: str, process: subprocess.Popen[bytes] | None = None, timeout_s: float = 120.0) -> None:
+    """Poll GET /ready until 200; ServeError if the process exits, the model fails to load, or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise ServeError(f"the inference server exited with code {process.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"{base_url}/ready", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            last = exc.read().decode(errors="replace")
+            if "cannot load" in last:
+                raise ServeError(f"{base_url}: the model failed to load: {last}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise ServeError(f"{base_url}/ready did not answer 200 within {timeout_s:.0f}s (last: {last})")
+
+
+def stop(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it is still there after `grace_s`."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def run_in_foreground(process: subprocess.Popen[bytes]) -> int:
+    """Wait for the server; Ctrl-C or SIGTERM stop it cleanly. Returns its exit code."""
+
+    def forward(signum: int, _frame: object) -> None:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        while True:
+            try:
+                return process.wait()
+            except KeyboardInterrupt:
+                forward(signal.SIGINT, None)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def container_engine() -> str:
+    """The first of podman or docker on PATH, or ServeError saying how to get one."""
+    for engine in ENGINES:
+        if shutil.which(engine):
+            return engine
+    raise ServeError("neither podman nor docker is on PATH; apt-get install podman (or serve without --image)")
+
+
+def container_run_args(engine: str, image: str, port: int, host: str, name: str | None = None) -> list[str]:
+    """`ENGINE run` publishing the server's port on `host:port` only; the image's own entrypoint runs."""
+    args = [engine, "run", "--rm", "--init", "-p", f"{host}:{port}:{CONTAINER_PORT}", "-e", f"PORT={CONTAINER_PORT}"]
+    if name:
+        args += ["--name", name]
+    return [*args, image]
+
+
+def start_container(image: str, port: int, host: str = "127.0.0.1", name: str | None = None) -> subprocess.Popen[bytes]:
+    args = container_run_args(container_engine(), image, port, host, name)
+    try:
+        return subprocess.Popen(args, stdin=subprocess.DEVNULL)
+    except OSError as exc:
+        raise ServeError(f"cannot start {args[0]}: {exc}") from exc
