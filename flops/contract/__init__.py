@@ -1,0 +1,125 @@
+"""ML contracts by name: detect which one a repo fits, check it statically, and import-check it in the run's env."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from flops.contract.base import ContractSpec, MLContract
+from flops.contract.pytorch_task import PytorchTaskContract
+from flops.errors import ContractError, EnvironmentSetupError
+
+# Detection order: the first contract whose detect() returns a spec wins.
+CONTRACTS: dict[str, type[MLContract]] = {
+    PytorchTaskContract.name: PytorchTaskContract,
+}
+
+__all__ = [
+    "CONTRACTS",
+    "ContractSpec",
+    "MLContract",
+    "ProbeResult",
+    "check_contract",
+    "detect_contract",
+    "get_contract",
+    "run_import_check",
+]
+
+
+class ProbeResult(BaseModel):
+    """What importing the task and building Net() in the run's environment showed."""
+
+    num_arrays: int
+    num_parameters: int
+    model_bytes: int
+    python_version: str
+    torch_version: str  # "" when the task does not import torch
+
+
+def get_contract(name: str) -> MLContract:
+    """The contract registered under NAME; an unknown name lists the known ones."""
+    try:
+        return CONTRACTS[name]()
+    except KeyError:
+        raise ContractError(f"unknown ML contract '{name}' (known: {', '.join(sorted(CONTRACTS))})") from None
+
+
+def detect_contract(code_dir: Path) -> ContractSpec:
+    """The spec of the first contract that recognises code_dir; ContractError when none does."""
+    code_dir = Path(code_dir).resolve()
+    for contract_class in CONTRACTS.values():
+        spec = contract_class().detect(code_dir)
+        if spec is not None:
+            return spec
+    if len(CONTRACTS) == 1:
+        (only,) = CONTRACTS.values()
+        raise ContractError(f"no task.py found in {code_dir}: expected {only.expectation} (see README: ML contract)")
+    expected = "; or ".join(f"{c.expectation} ({name})" for name, c in CONTRACTS.items())
+    raise ContractError(f"no ML contract matched {code_dir}: expected {expected} (see README: ML contract)")
+
+
+def check_contract(code_dir: Path) -> ContractSpec:
+    """Detect the contract and check the code statically (nothing of the user's is imported)."""
+    spec = detect_contract(code_dir)
+    get_contract(spec.contract).check(spec)
+    return spec
+
+
+def run_import_check(spec: ContractSpec, python: Path, timeout_s: float = 180) -> ProbeResult:
+    """Import the task and round-trip Net()'s weights with PYTHON (the run's env); ContractError with file:line."""
+    from flops.contract import probe  # imported here so `python -m flops.contract.probe` runs it only once
+
+    # Run the probe by file path, not `-m flops.contract.probe`: the run's env needs numpy, not FLOps' deps.
+    command = [str(python), probe.__file__, str(spec.code_dir), spec.task_module]
+    # No __pycache__ in the checkout: it is the pinned commit's tree, later packaged as is.
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    try:
+        done = subprocess.run(
+            command,
+            cwd=spec.code_dir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise ContractError(
+            f"{spec.task_label}: import check timed out after {timeout_s:g}s "
+            f"(does importing {spec.task_module} or building Net() do heavy work?)"
+        ) from None
+    except OSError as exc:
+        raise EnvironmentSetupError(f"cannot run the run environment's python {python}: {exc.strerror}") from None
+    return _parse_probe_output(spec, done)
+
+
+def _parse_probe_output(spec: ContractSpec, done: subprocess.CompletedProcess[str]) -> ProbeResult:
+    from flops.contract.probe import FAILURE_EXIT_CODE
+
+    report = _last_json_line(done.stdout)
+    if done.returncode == 0 and report is not None:
+        try:
+            return ProbeResult.model_validate(report)
+        except ValidationError as exc:
+            raise ContractError(f"{spec.task_label}: import check returned an unexpected report: {exc}") from None
+    if done.returncode == FAILURE_EXIT_CODE and report is not None and "error" in report:
+        where = report.get("file") or spec.task_label
+        line = f":{report['line']}" if report.get("line") else ""
+        raise ContractError(f"{where}{line}: {report['error']}")
+    # The process died without a report (os._exit, a crash in native code, a killed interpreter).
+    last = next((l for l in reversed(done.stderr.splitlines()) if l.strip()), "no output")
+    raise ContractError(f"{spec.task_label}: import check exited with code {done.returncode}: {last.strip()}")
+
+
+def _last_json_line(stdout: str) -> dict | None:
+    for line in reversed(stdout.splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                return None
+    return None

@@ -1,0 +1,117 @@
+"""Read the user's Python dependencies from requirements.txt or pyproject.toml, validated as PEP 508 requirements."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import InvalidRequirement, Requirement
+
+from flops.errors import ContractError
+
+REQUIREMENTS_FILE = "requirements.txt"
+PYPROJECT_FILE = "pyproject.toml"
+
+_INCLUDE = re.compile(r"^(?:-r|--requirement)(?:\s+|=)(?P<path>\S+)$")
+_COMMENT = re.compile(r"(^|\s)#.*$")  # pip's rule: '#' starts a comment at line start or after whitespace
+_URL_OR_PATH = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://|\.{0,2}/|[a-zA-Z][a-zA-Z0-9+.-]*\+)")
+
+
+def read_dependencies(code_dir: Path) -> list[str]:
+    """The repo's requirements (requirements.txt first, else pyproject's [project].dependencies), or []."""
+    code_dir = Path(code_dir).resolve()
+    if (code_dir / REQUIREMENTS_FILE).is_file():
+        found = _read_requirements_file(code_dir / REQUIREMENTS_FILE, code_dir, seen=())
+    elif (code_dir / PYPROJECT_FILE).is_file():
+        found = _read_pyproject(code_dir / PYPROJECT_FILE, code_dir)
+    else:
+        return []
+    return list(dict.fromkeys(found))  # drop exact duplicates, keep the user's order
+
+
+def parse_requirement(text: str, where: str) -> str:
+    """TEXT as a normalised requirement string; ContractError naming WHERE (file:line) when it is not one."""
+    if _URL_OR_PATH.match(text):
+        raise ContractError(f"{where}: '{text}' is a URL or path; only named packages from an index are supported")
+    try:
+        requirement = Requirement(text)
+    except InvalidRequirement as exc:
+        reason = str(exc).splitlines()[0]
+        raise ContractError(f"{where}: invalid requirement '{text}': {reason}") from None
+    if requirement.url:
+        raise ContractError(f"{where}: '{text}' is a direct URL requirement; name a released version instead")
+    return str(requirement)
+
+
+def _read_requirements_file(path: Path, code_dir: Path, seen: tuple[Path, ...]) -> list[str]:
+    label = path.relative_to(code_dir).as_posix()
+    found: list[str] = []
+    for number, line in _logical_lines(path.read_text(encoding="utf-8")):
+        where = f"{label}:{number}"
+        if include := _INCLUDE.match(line):
+            found += _read_requirements_file(_included(path, include["path"], code_dir, seen, where), code_dir, (*seen, path))
+        elif line.startswith("-"):
+            option = line.split()[0].split("=")[0]
+            raise ContractError(
+                f"{where}: option '{option}' is not supported; list packages by name (e.g. numpy>=1.26) or use -r"
+            )
+        else:
+            found.append(parse_requirement(line, where))
+    return found
+
+
+def _logical_lines(text: str) -> list[tuple[int, str]]:
+    """(first line number, content) without comments and blanks, joining '\\' continuations as pip does."""
+    lines: list[tuple[int, str]] = []
+    pending, start = "", 0
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not pending:
+            start = number
+        line = _COMMENT.sub("", raw).rstrip()
+        if line.endswith("\\"):
+            pending += line[:-1]
+            continue
+        line, pending = (pending + line).strip(), ""
+        if line:
+            lines.append((start, line))
+    if pending.strip():
+        lines.append((start, pending.strip()))
+    return lines
+
+
+def _included(including: Path, target: str, code_dir: Path, seen: tuple[Path, ...], where: str) -> Path:
+    path = (including.parent / target).resolve()
+    # The repo is untrusted: an include must not read files outside it.
+    if not path.is_relative_to(code_dir):
+        raise ContractError(f"{where}: included file '{target}' is outside the repository")
+    if not path.is_file():
+        raise ContractError(f"{where}: included file not found: {target}")
+    if path in seen or path == including:
+        raise ContractError(f"{where}: '{target}' includes itself (directly or through other -r files)")
+    return path
+
+
+def _read_pyproject(path: Path, code_dir: Path) -> list[str]:
+    label = path.relative_to(code_dir).as_posix()
+    text = path.read_text(encoding="utf-8")
+    try:
+        project = tomllib.loads(text).get("project", {})
+    except tomllib.TOMLDecodeError as exc:
+        raise ContractError(f"{label}: invalid TOML: {exc}") from None
+    if "dependencies" in project.get("dynamic", []):
+        raise ContractError(
+            f"{label}: [project].dependencies is dynamic; list the dependencies there or in {REQUIREMENTS_FILE}"
+        )
+    dependencies = project.get("dependencies", [])
+    if not isinstance(dependencies, list) or not all(isinstance(d, str) for d in dependencies):
+        raise ContractError(f"{label}: [project].dependencies must be a list of strings")
+    return [parse_requirement(d, f"{label}:{_line_of(text, d)}") for d in dependencies]
+
+
+def _line_of(text: str, needle: str) -> int:
+    """Line number of the first line quoting NEEDLE (tomllib keeps no positions); 1 when not found."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if f'"{needle}"' in line or f"'{needle}'" in line:
+            return number
+    return 1
