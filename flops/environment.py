@@ -1,0 +1,142 @@
+"""The run's Python environment: a cached venv over FLOps' own packages, with the user's dependencies added."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import site
+import subprocess
+import sys
+import venv
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from packaging.requirements import InvalidRequirement, Requirement
+
+from flops.errors import EnvironmentSetupError
+
+COMPLETE_MARKER = ".flops-env-complete"
+PIP_TAIL_LINES = 20
+
+
+def ensure_run_env(dependencies: list[str], cache_dir: Path, log_path: Path | None = None) -> Path:
+    """Python executable of a venv holding DEPENDENCIES on top of FLOps' packages; built once per key, reused."""
+    requirements = normalise(dependencies)
+    key = env_key(requirements)
+    envs_dir = Path(cache_dir).resolve() / "envs"
+    env_dir = envs_dir / key
+    python = env_dir / "bin" / "python"
+    if (env_dir / COMPLETE_MARKER).is_file():
+        return python
+    envs_dir.mkdir(parents=True, exist_ok=True)
+    log_path = Path(log_path) if log_path else envs_dir / f"{key}.log"
+    with _locked(envs_dir / f"{key}.lock"):
+        # Another submit may have finished the same env while we waited for the lock.
+        if not (env_dir / COMPLETE_MARKER).is_file():
+            _build(env_dir, requirements, log_path)
+    return python
+
+
+def normalise(dependencies: list[str]) -> list[str]:
+    """Sorted, de-duplicated requirement strings in packaging's canonical spelling (the cache key's input)."""
+    try:
+        return sorted({str(Requirement(d)) for d in dependencies})
+    except InvalidRequirement as exc:
+        raise EnvironmentSetupError(f"invalid requirement: {exc}") from None
+
+
+def env_key(requirements: list[str]) -> str:
+    """Hash of everything that makes two environments differ: requirements, base interpreter, Flower."""
+    material = {
+        "requirements": requirements,
+        "executable": sys.executable,
+        "python": sys.version,
+        "flwr": _version_of("flwr"),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _build(env_dir: Path, requirements: list[str], log_path: Path) -> None:
+    if env_dir.exists():
+        shutil.rmtree(env_dir)  # a half-built env from an interrupted submit: no marker, so start over
+    # Reuse pip from FLOps' env when it is visible there (it will be in the run env too): saves ensurepip.
+    with_pip = importlib.util.find_spec("pip") is None
+    try:
+        venv.EnvBuilder(system_site_packages=True, symlinks=True, with_pip=with_pip).create(env_dir)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise EnvironmentSetupError(f"creating the run environment {env_dir} failed: {exc}") from None
+    _link_flops_site_packages(env_dir)
+    if requirements:
+        install(env_dir / "bin" / "python", requirements, log_path)
+    _write_marker(env_dir, requirements)
+
+
+def _link_flops_site_packages(env_dir: Path) -> None:
+    """Make FLOps' own site-packages visible in the run env, after the env's own (which pip installs into).
+
+    system_site_packages only reaches the base interpreter's site-packages. When FLOps itself runs in a
+    venv (the usual case), its packages (flwr, mlflow, torch, FLOps itself) live in that venv instead, so
+    a .pth line adds them with site.addsitedir, which also honours their .pth files (editable installs).
+    """
+    if sys.prefix == sys.base_prefix:
+        return
+    own = [p for p in site.getsitepackages() if p.startswith(sys.prefix)]
+    lines = "".join(f"import site; site.addsitedir({p!r})\n" for p in own)
+    for target in (env_dir / "lib").glob("python*/site-packages"):
+        (target / "_flops_parent_env.pth").write_text(lines)
+
+
+def install(python: Path, requirements: list[str], log_path: Path) -> None:
+    """pip install REQUIREMENTS with PYTHON, output appended to LOG_PATH; EnvironmentSetupError with pip's errors."""
+    command = [
+        str(python), "-m", "pip", "install",
+        "--disable-pip-version-check", "--no-input", "--progress-bar", "off",
+        *requirements,
+    ]  # fmt: skip
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"$ {' '.join(command)}\n")
+        log.flush()
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise EnvironmentSetupError(f"installing dependencies failed: {_pip_error(log_path)} (log: {log_path})")
+
+
+def _pip_error(log_path: Path) -> str:
+    """pip's last ERROR line (the most specific), else its last line."""
+    tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-PIP_TAIL_LINES:]
+    errors = [line.strip() for line in tail if line.startswith("ERROR:")]
+    lines = [line.strip() for line in tail if line.strip()]
+    return errors[-1] if errors else (lines[-1] if lines else "pip printed nothing")
+
+
+def _write_marker(env_dir: Path, requirements: list[str]) -> None:
+    # Written last and renamed into place: its presence means every step above finished.
+    marker = env_dir / COMPLETE_MARKER
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"requirements": requirements, "base": sys.executable}) + "\n")
+    os.replace(tmp, marker)
+
+
+def _version_of(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
+@contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive fcntl lock so two submits do not build the same environment at once."""
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
