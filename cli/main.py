@@ -15,6 +15,7 @@ def cli() -> None:
 
 # --- sub-commands: one line per command module ---
 from cli.inference import bundle_command, serve_command; cli.add_command(bundle_command); cli.add_command(serve_command)  # noqa: E402,E702
+from cli.build import build_command; cli.add_command(build_command)  # noqa: E402,E702
 
 
 def main() -> None:
