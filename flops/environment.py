@@ -72,6 +72,7 @@ def _build(env_dir: Path, requirements: list[str], log_path: Path) -> None:
     except (OSError, subprocess.CalledProcessError) as exc:
         raise EnvironmentSetupError(f"creating the run environment {env_dir} failed: {exc}") from None
     _link_flops_site_packages(env_dir)
+    _write_flower_scripts(env_dir)
     if requirements:
         install(env_dir / "bin" / "python", requirements, log_path)
     _write_marker(env_dir, requirements)
@@ -90,6 +91,25 @@ def _link_flops_site_packages(env_dir: Path) -> None:
     lines = "".join(f"import site; site.addsitedir({p!r})\n" for p in own)
     for target in (env_dir / "lib").glob("python*/site-packages"):
         (target / "_flops_parent_env.pth").write_text(lines)
+
+
+def _write_flower_scripts(env_dir: Path) -> None:
+    """Flower's console scripts (flower-superlink, flwr-clientapp, ...) bound to the run env's Python.
+
+    Flower's processes start each other by name on PATH, so the run env's bin/ must hold them, or the
+    ServerApp and ClientApps would run under FLOps' interpreter without the user's dependencies.
+    """
+    python = env_dir / "bin" / "python"
+    for entry in importlib.metadata.distribution("flwr").entry_points.select(group="console_scripts"):
+        script = env_dir / "bin" / entry.name
+        if script.exists():
+            continue
+        module, _, attr = entry.value.partition(":")
+        script.write_text(
+            f"#!{python}\nimport sys\nfrom {module} import {attr.split('.')[0]}\n"
+            f"sys.exit({attr}())\n"
+        )
+        script.chmod(0o755)
 
 
 def install(python: Path, requirements: list[str], log_path: Path) -> None:

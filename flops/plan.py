@@ -34,6 +34,8 @@ class RunPlan(BaseModel):
     orchestrator: str
     tracking_uri: str
     learners: list[LearnerSpec]
+    task_module: str  # import name of the user's task module inside the app's user/ folder
+    dependencies: list[str]
 
     @property
     def logs_dir(self) -> Path:

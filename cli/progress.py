@@ -1,0 +1,62 @@
+"""Live progress of a run: a rich status line on a TTY, plain lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+
+from flops.runstate import RunState
+
+
+def _round_line(state: RunState) -> str:
+    m = state.latest_metrics
+    parts = [f"round {state.rounds_completed}/{state.rounds}"]
+    if "central_accuracy" in m:
+        parts.append(f"accuracy {m['central_accuracy']:.4f}")
+    if "central_loss" in m:
+        parts.append(f"loss {m['central_loss']:.4f}")
+    if "round_duration_s" in m:
+        parts.append(f"{m['round_duration_s']:.1f}s")
+    return "  ".join(parts)
+
+
+class PlainProgress:
+    """One line per phase change and per round, to stderr (stdout stays for results and --json)."""
+
+    def __init__(self) -> None:
+        self._last_phase = ""
+
+    def phase(self, state: RunState) -> None:
+        if state.phase != self._last_phase:
+            self._last_phase = state.phase
+            print(f"[{state.run_id}] {state.phase}", file=sys.stderr, flush=True)
+
+    def round(self, state: RunState) -> None:
+        print(f"[{state.run_id}] {_round_line(state)}", file=sys.stderr, flush=True)
+
+
+class RichProgress:
+    """A spinner with phase and latest round on a terminal; rounds stay in the scrollback."""
+
+    def __init__(self) -> None:
+        self.console = Console(stderr=True)
+        self._status = self.console.status("starting")
+        self._status.start()
+
+    def phase(self, state: RunState) -> None:
+        if state.status in ("FINISHED", "FAILED", "STOPPED"):
+            self._status.stop()
+            return
+        self._status.update(f"[bold]{state.run_id}[/] {state.phase}")
+
+    def round(self, state: RunState) -> None:
+        self.console.print(f"[cyan]{_round_line(state)}[/]")
+        self._status.update(f"[bold]{state.run_id}[/] training  {_round_line(state)}")
+
+    def close(self) -> None:
+        self._status.stop()
+
+
+def make_progress(quiet: bool = False) -> PlainProgress | RichProgress:
+    return RichProgress() if sys.stderr.isatty() and not quiet else PlainProgress()

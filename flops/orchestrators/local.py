@@ -1,0 +1,190 @@
+"""Local orchestrator, the embedded default: a real SuperLink and one SuperNode per learner on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from flops.errors import DeployError
+from flops.orchestrators.base import ComponentRecord, Deployment, Orchestrator
+from flops.plan import RunPlan
+
+# Every process of a run carries this variable (children inherit it), so stop() also finds
+# processes that left their group, such as a flower-superexec re-parented to init.
+RUN_ID_ENV = "FLOPS_RUN_ID"
+STOP_GRACE_S = 5.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def processes_of_run(run_id: str) -> list[int]:
+    """PIDs of live processes whose environment carries FLOPS_RUN_ID=run_id."""
+    marker = f"{RUN_ID_ENV}={run_id}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                stat = (entry / "stat").read_text()
+                if stat.rsplit(")", 1)[1].split()[0] != "Z":  # zombies are already dead
+                    pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class LocalOrchestrator(Orchestrator):
+    """Processes on this machine, each in its own process group, with logs in the run directory."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self._children: dict[int, subprocess.Popen] = {}  # reaped by this process when it started them
+
+    def _env(self, plan: RunPlan) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PATH"] = f"{plan.python.parent}{os.pathsep}{env.get('PATH', '')}"
+        env["FLWR_HOME"] = str(plan.run_dir / "flwr_home")
+        env[RUN_ID_ENV] = plan.run_id
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _spawn(self, plan: RunPlan, record: ComponentRecord, argv: list[str]) -> ComponentRecord:
+        record.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(record.log_path, "ab") as log:
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=self._env(plan),
+                    cwd=plan.run_dir,
+                    start_new_session=True,  # own process group: stop() takes the whole tree
+                )
+            except OSError as exc:
+                raise DeployError(f"cannot start {record.name}: {argv[0]}: {exc.strerror}") from exc
+        self._children[proc.pid] = proc
+        record.pid = proc.pid
+        return record
+
+    def _wait_for_port(self, port: int, record: ComponentRecord, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            proc = self._children.get(record.pid or -1)
+            if proc is not None and proc.poll() is not None:
+                raise DeployError(
+                    f"{record.name} exited with code {proc.returncode} while starting: "
+                    f"{_tail(record.log_path)} (log: {record.log_path})"
+                )
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.settimeout(0.5)
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.1)
+        raise DeployError(f"{record.name} did not open port {port} within {timeout_s:.0f}s (log: {record.log_path})")
+
+    def deploy(self, plan: RunPlan) -> Deployment:
+        bin_dir = plan.python.parent
+        (plan.run_dir / "flwr_home").mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        deployment = Deployment(orchestrator=self.name, run_id=plan.run_id, control_address=f"127.0.0.1:{port}")
+        try:
+            superlink = self._spawn(
+                plan,
+                ComponentRecord(name="superlink", role="root-aggregator", log_path=plan.logs_dir / "superlink.log"),
+                [str(bin_dir / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+                 "--host", "127.0.0.1", "--port", str(port)],
+            )
+            deployment.components.append(superlink)
+            self._wait_for_port(port, superlink, plan.config.startup_timeout_s)
+            for learner in plan.learners:
+                node_config = f"partition-id={learner.partition_id} num-partitions={learner.num_partitions}"
+                record = ComponentRecord(
+                    name=learner.name, role="learner", log_path=plan.logs_dir / f"{learner.name}.log",
+                    partition_id=learner.partition_id,
+                )
+                # Bounded reconnects: a learner whose SuperLink is gone exits instead of retrying forever.
+                argv = [str(bin_dir / "flower-supernode"), "--insecure", "--superlink", deployment.control_address,
+                        "--port", str(free_port()), "--node-config", node_config,
+                        "--max-retries", "5", "--max-wait-time", "30"]
+                deployment.components.append(self._spawn(plan, record, argv))
+        except BaseException:
+            self.stop(deployment)
+            raise
+        return deployment
+
+    def status(self, deployment: Deployment) -> dict[str, bool]:
+        alive = {}
+        for component in deployment.components:
+            proc = self._children.get(component.pid or -1)
+            if proc is not None:
+                alive[component.name] = proc.poll() is None
+            else:
+                alive[component.name] = component.pid is not None and _group_alive(component.pid)
+        return alive
+
+    def logs(self, deployment: Deployment, component: str) -> Path:
+        for record in deployment.components:
+            if record.name == component:
+                return record.log_path
+        known = ", ".join(c.name for c in deployment.components)
+        raise DeployError(f"no component '{component}' in run {deployment.run_id} (components: {known})")
+
+    def stop(self, deployment: Deployment) -> None:
+        groups = [c.pid for c in deployment.components if c.pid is not None]
+        self._signal_all(groups, deployment.run_id, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline and self._any_alive(groups, deployment.run_id):
+            time.sleep(0.1)
+        self._signal_all(groups, deployment.run_id, signal.SIGKILL)
+        for pid in groups:
+            proc = self._children.pop(pid, None)
+            if proc is not None:
+                proc.wait()
+
+    def _any_alive(self, groups: list[int], run_id: str) -> bool:
+        for pid in groups:
+            proc = self._children.get(pid)
+            if proc is not None:
+                proc.poll()  # reap our own child so its group can empty
+        return any(_group_alive(g) for g in groups) or bool(processes_of_run(run_id))
+
+    @staticmethod
+    def _signal_all(groups: list[int], run_id: str, sig: signal.Signals) -> None:
+        for pgid in groups:
+            try:
+                os.killpg(pgid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for pid in processes_of_run(run_id):
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass

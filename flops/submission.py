@@ -1,0 +1,242 @@
+"""A submission end to end: source -> contract -> environment -> app -> deployment -> tracking."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from flops.augment import AppSpec, augment_app
+from flops.config import RunConfig
+from flops.contract import check_contract, run_import_check
+from flops.dependencies import read_dependencies
+from flops.environment import ensure_run_env
+from flops.errors import FlopsError, RunFailedError
+from flops.flower_control import FlowerControl
+from flops.intake import fetch_source
+from flops.orchestrators import get_orchestrator
+from flops.plan import RunPlan, new_run_id, plan_learners
+from flops.runstate import TERMINAL, RunState, load_state, runs_dir
+from flops.tracking import Tracker, log_final_model
+
+POLL_INTERVAL_S = 0.5  # how often the controller looks at events, processes and Flower's run status
+MLFLOW_STATUS = {"FINISHED": "FINISHED", "FAILED": "FAILED", "STOPPED": "KILLED"}
+
+
+class Progress(Protocol):
+    def phase(self, state: RunState) -> None: ...
+    def round(self, state: RunState) -> None: ...
+
+
+class _Silent:
+    def phase(self, state: RunState) -> None:
+        pass
+
+    def round(self, state: RunState) -> None:
+        pass
+
+
+class StopRequested(Exception):
+    """SIGTERM (from `flops stop`) or SIGINT arrived while the run was going."""
+
+
+def prepare_run(
+    source: str, ref: str | None, config: RunConfig, workdir: Path, orchestrator: str,
+    tracking_uri: str, progress: Progress | None = None,
+) -> RunPlan:
+    """Everything that can reject bad input, before anything starts. Raises BadInputError subclasses."""
+    progress = progress or _Silent()
+    workdir = workdir.resolve()
+    get_orchestrator(orchestrator)  # an unknown name fails here, before any work
+    run_id = new_run_id()
+    run_dir = runs_dir(workdir) / run_id
+    state = RunState(run_id=run_id, run_dir=run_dir, rounds=config.rounds, tracking_uri=tracking_uri,
+                     started_at=time.time())
+    run_dir.mkdir(parents=True)
+    try:
+        return _prepare(source, ref, config, workdir, orchestrator, tracking_uri, state, progress)
+    except BaseException as exc:
+        state.update(status="FAILED", phase="rejected", message=str(exc), ended_at=time.time())
+        raise
+
+
+def _prepare(source: str, ref: str | None, config: RunConfig, workdir: Path, orchestrator: str,
+             tracking_uri: str, state: RunState, progress: Progress) -> RunPlan:
+    cache_dir = workdir / "cache"
+    progress.phase(state.update(phase="fetching source"))
+    src = fetch_source(source, ref, cache_dir)
+    state.update(source_url=src.url, commit=src.commit)
+    progress.phase(state.update(phase="checking contract"))
+    spec = check_contract(src.path)
+    dependencies = read_dependencies(src.path)
+    progress.phase(state.update(phase="preparing environment"))
+    python = ensure_run_env(dependencies, cache_dir, state.run_dir / "logs" / "environment.log")
+    progress.phase(state.update(phase="import check"))
+    run_import_check(spec, python)
+    app_dir = augment_app(
+        AppSpec(source_url=src.url, source_name=src.name, commit=src.commit, code_dir=spec.code_dir,
+                task_module=spec.task_module, dependencies=dependencies),
+        config, state.run_dir / "app",
+    )
+    plan = RunPlan(
+        run_id=state.run_id, run_dir=state.run_dir, source_url=src.url, source_ref=ref, commit=src.commit,
+        source_name=src.name, app_dir=app_dir, python=python, config=config, orchestrator=orchestrator,
+        tracking_uri=tracking_uri, learners=plan_learners(config), task_module=spec.task_module,
+        dependencies=dependencies,
+    )
+    plan.save()
+    return plan
+
+
+def _raise_stop(signum: int, _frame: Any) -> None:
+    raise StopRequested(signal.Signals(signum).name)
+
+
+def execute_run(plan: RunPlan, progress: Progress | None = None) -> RunState:
+    """Deploy, train, track, and tear down. Always returns the final state; never leaves processes."""
+    progress = progress or _Silent()
+    state = load_state(plan.run_dir.parent.parent, plan.run_id)
+    state.update(status="RUNNING", phase="deploying", controller_pid=os.getpid())
+    progress.phase(state)
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    orchestrator = get_orchestrator(plan.orchestrator)
+    tracker = Tracker(plan.tracking_uri, plan.run_dir.parent.parent / "mlartifacts")
+    status, message = "FAILED", ""
+    try:
+        state.update(mlflow_run_id=tracker.start(plan))
+        deployment = orchestrator.deploy(plan)
+        state.update(deployment=deployment)
+        _train(plan, state, orchestrator, deployment, tracker, progress)
+        progress.phase(state.update(phase="logging model"))
+        logged = log_final_model(plan, tracker.run_id, plan.task_module, plan.dependencies)
+        state.update(model_uri=logged["model_uri"])
+        tracker.set_tag("flops.model_uri", logged["model_uri"])
+        status = "FINISHED"
+    except StopRequested:
+        status, message = "STOPPED", "stopped by request"
+    except FlopsError as exc:
+        message = str(exc)
+    finally:
+        # Teardown must not be interrupted by a second Ctrl-C.
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        if state.deployment is not None:
+            orchestrator.stop(state.deployment)
+        _close_tracking(tracker, state, status)
+        state.update(status=status, message=message, phase="done", ended_at=time.time())
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    progress.phase(state)
+    return state
+
+
+def _close_tracking(tracker: Tracker, state: RunState, status: str) -> None:
+    if tracker.mlflow_run_id is None:
+        return
+    tracker.log_summary({"bytes_to_root_total": float(state.bytes_to_root),
+                         "rounds_completed": float(state.rounds_completed)})
+    tracker.log_logs(state.run_dir / "logs")
+    tracker.finish(MLFLOW_STATUS[status])
+
+
+class _EventTail:
+    """Reads complete new lines of the root aggregator's events.jsonl."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+
+def _learner_log_hint(plan: RunPlan, message: str) -> str:
+    match = re.match(r"learner (\d+):", message)
+    name = f"learner-{match.group(1)}" if match else "superlink"
+    return f"{message} (log: {plan.logs_dir / (name + '.log')})"
+
+
+def _train(plan: RunPlan, state: RunState, orchestrator: Any, deployment: Any, tracker: Tracker,
+           progress: Progress) -> None:
+    control = FlowerControl(deployment.control_address)
+    try:
+        progress.phase(state.update(phase="starting run"))
+        flower_run_id = control.start_run(plan.app_dir, {"flops-output-dir": str(plan.output_dir)})
+        state.update(flower_run_id=flower_run_id, phase="training")
+        progress.phase(state)
+        _monitor(plan, state, orchestrator, deployment, control, tracker, progress)
+    finally:
+        control.close()
+
+
+def _monitor(plan: RunPlan, state: RunState, orchestrator: Any, deployment: Any, control: FlowerControl,
+             tracker: Tracker, progress: Progress) -> None:
+    cfg = plan.config
+    tail = _EventTail(plan.events_path)
+    deadline = time.monotonic() + cfg.startup_timeout_s + cfg.round_timeout_s
+    finished = False
+    while True:
+        for event in tail.read():
+            if event["event"] == "round" and event["round"] == 0:
+                tracker.log_initial(event)  # the initial model's central evaluation, before any training
+            elif event["event"] == "round":
+                metrics = tracker.log_round(event)
+                state.update(rounds_completed=int(event["round"]), latest_metrics=metrics,
+                             bytes_to_root=state.bytes_to_root + int(event.get("bytes_to_root", 0)))
+                progress.round(state)
+                deadline = time.monotonic() + cfg.round_timeout_s
+            elif event["event"] == "failed":
+                raise RunFailedError(_learner_log_hint(plan, event["message"]))
+            elif event["event"] == "finished":
+                finished = True
+        flower = control.run_status(state.flower_run_id)
+        if flower.finished:
+            if finished and flower.completed:
+                return
+            if not finished:
+                tail_events = tail.read()
+                if any(e["event"] in ("finished", "failed") for e in tail_events):
+                    continue  # let the loop handle the late event
+            detail = flower.details or flower.sub_status
+            raise RunFailedError(f"Flower run ended {flower.sub_status}: {detail} (log: {plan.logs_dir / 'superlink.log'})")
+        dead = [name for name, alive in orchestrator.status(deployment).items() if not alive]
+        if dead:
+            raise RunFailedError(f"{dead[0]} exited unexpectedly (log: {orchestrator.logs(deployment, dead[0])})")
+        if time.monotonic() > deadline:
+            raise RunFailedError(
+                f"round {state.rounds_completed + 1} did not finish within {cfg.round_timeout_s:.0f}s "
+                f"(round_timeout_s; logs: {plan.logs_dir})"
+            )
+        time.sleep(POLL_INTERVAL_S)
+
+
+def stop_run(workdir: Path, run_id: str, wait_s: float = 30.0) -> RunState:
+    """Stop a run from any shell: ask its controller to stop; if it is gone, stop the components directly."""
+    state = load_state(workdir, run_id)
+    if state.status in TERMINAL:
+        return state
+    if state.controller_pid is not None:
+        try:
+            os.kill(state.controller_pid, signal.SIGTERM)
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline:
+                state = load_state(workdir, run_id)
+                if state.status in TERMINAL:
+                    return state
+                time.sleep(0.2)
+        except ProcessLookupError:
+            pass
+    if state.deployment is not None:
+        get_orchestrator(state.deployment.orchestrator).stop(state.deployment)
+    return state.update(status="STOPPED", phase="done", message="stopped by request", ended_at=time.time())
