@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from flops import __version__ as flops_version
@@ -73,17 +74,20 @@ def _build(spec: BuildSpec, runner: ToolRunner, report: _Reporter, started: floa
             result = registry_manifests(runner, target, raw, spec.tls_verify, base.layer_counts)
             return _result(spec, result, tag, started, cached=True, emulated=[])
 
-    images: dict[str, str] = {}
-    emulated: list[str] = []
     with tempfile.TemporaryDirectory(prefix="flops-build-") as tmp:
-        for platform in spec.platforms:
+
+        def one_platform(platform: str) -> tuple[str, bool]:
             deps_image, was_emulated = install_dependencies(
                 spec, platform, base.refs[platform], base.digests[platform], runner, report, Path(tmp)
             )
-            if was_emulated:
-                emulated.append(platform)
             runtime_image = _runtime_layer(spec, platform, deps_image, runner, report, Path(tmp))
-            images[platform] = _code_layer(spec, platform, runtime_image, tag, runner, report)
+            return _code_layer(spec, platform, runtime_image, tag, runner, report), was_emulated
+
+        # Platforms build side by side: one resolves and downloads while the other copies and commits.
+        with ThreadPoolExecutor(max_workers=len(spec.platforms)) as pool:
+            built = dict(zip(spec.platforms, pool.map(one_platform, spec.platforms)))
+        images = {platform: image for platform, (image, _) in built.items()}
+        emulated = [platform for platform, (_, was_emulated) in built.items() if was_emulated]
         return _publish(spec, images, tag, target, runner, report, base.layer_counts, started, emulated, Path(tmp))
 
 
