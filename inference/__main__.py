@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
+import torch
 import uvicorn
 
 from flops.errors import FlopsError
@@ -15,6 +16,7 @@ from inference.settings import ServerSettings
 def main() -> int:
     try:
         settings = ServerSettings.from_environment()
+        torch.set_num_threads(settings.torch_threads)
         app = create_app(settings)
     except FlopsError as exc:
         # This process is an entrypoint of its own (in the image there is no cli/); say why and exit with the code.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +21,34 @@ class ServedModel:
         self.bundle_dir = bundle_dir
         self.metadata: BundleMetadata = read_metadata(bundle_dir)
         self._module = _load_module(bundle_dir, self.metadata)
+        self._forward = _fast_forward(self._module)
         # Exported (pt2) graphs and user modules are not documented as thread-safe; one pass at a time.
         self._lock = threading.Lock()
 
     def predict(self, inputs: np.ndarray) -> np.ndarray:
         """Mirror mlflow.pytorch._PyTorchWrapper.predict for numpy input on CPU, so outputs match bit for bit."""
         with self._lock, torch.no_grad():
-            outputs = self._module(torch.from_numpy(inputs))
+            outputs = self._forward(torch.from_numpy(inputs))
         if not isinstance(outputs, torch.Tensor):
             raise TypeError(f"the model returned {type(outputs).__name__}, expected one tensor")
         return outputs.numpy()
+
+
+# Hooks torch.export puts on the module it returns: a check that the inputs have the exported pytree
+# structure, and a switch for nn.Module-typed graph inputs. With one tensor input (which the server's
+# signature check guarantees) neither changes the result, and together they cost ~3x the forward pass
+# of a small CNN. The graph's own shape guards run inside forward() and are kept.
+_EXPORT_HOOK_OWNERS = ("_check_input_constraints_pre_hook", "_create_stateful_graph_module")
+
+
+def _fast_forward(module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """module.forward when the only hooks are torch.export's own input checks, else the full module call."""
+    hooks = [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]
+    if not hooks or not all(any(owner in getattr(h, "__qualname__", "") for owner in _EXPORT_HOOK_OWNERS) for h in hooks):
+        return module
+    if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
+        return module
+    return module.forward
 
 
 def _load_module(bundle_dir: Path, metadata: BundleMetadata) -> torch.nn.Module:

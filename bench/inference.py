@@ -1,0 +1,252 @@
+"""Benchmark FLOps' inference server against `mlflow models serve --env-manager local` on the same model.
+
+Both servers run on this machine's loopback; each scenario sends a bounded number of requests from
+CONCURRENCY keep-alive connections and reports p50/p99 latency and requests/s side by side with ratios.
+
+    python bench/inference.py [--requests 2000] [--rows 1 32] [--concurrency 1 8 32] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from inference import launch  # noqa: E402
+from inference.export import export_bundle  # noqa: E402
+
+TASK_SOURCE = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 8, 3, padding=1)
+            self.fc = nn.Linear(8 * 4 * 4, 10)
+
+        def forward(self, x):
+            x = nn.functional.max_pool2d(torch.relu(self.conv(x)), 2)
+            return self.fc(x.flatten(1))
+    """
+)
+READY_TIMEOUT_S = 180
+SCENARIO_TIMEOUT_S = 300
+
+
+@dataclass
+class Result:
+    server: str
+    rows: int
+    concurrency: int
+    requests: int
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    rps: float
+
+
+def log_model(workdir: Path) -> tuple[str, str, np.ndarray]:
+    """Log the digits CNN the way a FLOps run does; return (tracking URI, models:/ URI, sample inputs)."""
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+    from sklearn.datasets import load_digits
+
+    (workdir / "task.py").write_text(TASK_SOURCE)
+    sys.path.insert(0, str(workdir))
+    import task  # type: ignore[import-not-found]
+
+    images = (load_digits().images / 16.0).astype(np.float32)[:, None, :, :]
+    torch.manual_seed(0)
+    model = task.Net().eval()
+    with torch.no_grad():
+        output = model(torch.from_numpy(images[:4])).numpy()
+    tracking_uri = f"sqlite:///{workdir}/mlflow.db"
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    experiment_id = mlflow.create_experiment("bench", artifact_location=str(workdir / "mlartifacts"))
+    with mlflow.start_run(experiment_id=experiment_id):
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            registered_model_name="bench-digits",
+            signature=infer_signature(images[:4], output),
+            input_example=images[:4],
+            code_paths=[str(workdir / "task.py")],
+        )
+    return tracking_uri, f"models:/bench-digits/{info.registered_model_version}", images
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http_200(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server for {url} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise SystemExit(f"{url} not ready after {READY_TIMEOUT_S}s")
+
+
+async def _one_connection(port: int, request: bytes, count: int, latencies: list[float], errors: list[int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for _ in range(count):
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - started)
+            if status != 200:
+                errors.append(status)
+    finally:
+        writer.close()
+
+
+async def _load(port: int, request: bytes, total: int, concurrency: int) -> tuple[list[float], list[int], float]:
+    latencies: list[float] = []
+    errors: list[int] = []
+    per_connection = [total // concurrency + (1 if i < total % concurrency else 0) for i in range(concurrency)]
+    started = time.perf_counter()
+    await asyncio.wait_for(
+        asyncio.gather(*(_one_connection(port, request, n, latencies, errors) for n in per_connection)),
+        SCENARIO_TIMEOUT_S,
+    )
+    return latencies, errors, time.perf_counter() - started
+
+
+def http_post(path: str, body: bytes) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def measure(server: str, port: int, path: str, inputs: np.ndarray, total: int, concurrency: int) -> Result:
+    request = http_post(path, json.dumps({"inputs": inputs.tolist()}).encode())
+    asyncio.run(_load(port, request, min(200, total), concurrency))  # warm-up, not counted
+    latencies, errors, elapsed = asyncio.run(_load(port, request, total, concurrency))
+    ms = np.asarray(latencies) * 1000
+    return Result(
+        server, len(inputs), concurrency, total, len(errors),
+        float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), total / elapsed,
+    )
+
+
+def post_json(port: int, path: str, inputs: np.ndarray) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps({"inputs": inputs.tolist()}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000, help="requests per scenario (bounded)")
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 32], help="rows per request")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="flops-bench-") as tmp:
+        workdir = Path(tmp)
+        tracking_uri, model_uri, images = log_model(workdir)
+        bundle = workdir / "bundle"
+        export_bundle(model_uri, bundle, tracking_uri=tracking_uri)
+        mlflow_model_dir = next(workdir.glob("mlartifacts/**/MLmodel")).parent
+
+        ours_port, mlflow_port = free_port(), free_port()
+        ours = launch.start_local_server(bundle, ours_port)
+        theirs = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(mlflow_model_dir),
+             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(mlflow_port)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            # mlflow execs a bare `uvicorn`: put this interpreter's bin directory first on PATH.
+            env={
+                **os.environ,
+                "MLFLOW_TRACKING_URI": tracking_uri,
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            },
+        )
+        try:
+            wait_http_200(f"http://127.0.0.1:{ours_port}/ready", ours)
+            wait_http_200(f"http://127.0.0.1:{mlflow_port}/ping", theirs)
+            same = post_json(ours_port, "/predict", images[:64])["predictions"] == post_json(
+                mlflow_port, "/invocations", images[:64]
+            )["predictions"]
+            print(f"same predictions from both servers on 64 rows: {same}", flush=True)
+            results: list[Result] = []
+            for rows in args.rows:
+                for concurrency in args.concurrency:
+                    for name, port, path in (("flops", ours_port, "/predict"), ("mlflow", mlflow_port, "/invocations")):
+                        results.append(measure(name, port, path, images[:rows], args.requests, concurrency))
+                        r = results[-1]
+                        print(f"  {name:6} rows={rows:<3} c={concurrency:<3} p50={r.p50_ms:.2f}ms "
+                              f"p99={r.p99_ms:.2f}ms {r.rps:.0f} req/s errors={r.errors}", flush=True)
+        finally:
+            launch.stop(ours)
+            launch.stop(theirs)
+
+    print_table(results)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "results": [asdict(r) for r in results]}, indent=2))
+    return 0
+
+
+def print_table(results: list[Result]) -> None:
+    print(f"\nmachine: {machine()}")
+    print(f"{'rows':>4} {'conc':>4} | {'flops p50':>9} {'mlflow p50':>10} {'ratio':>6} | {'flops p99':>9} "
+          f"{'mlflow p99':>10} | {'flops rps':>9} {'mlflow rps':>10} {'ratio':>6}")
+    by_key = {(r.server, r.rows, r.concurrency): r for r in results}
+    for (server, rows, concurrency), ours in by_key.items():
+        if server != "flops":
+            continue
+        theirs = by_key[("mlflow", rows, concurrency)]
+        print(f"{rows:>4} {concurrency:>4} | {ours.p50_ms:>7.2f}ms {theirs.p50_ms:>8.2f}ms "
+              f"{ours.p50_ms / theirs.p50_ms:>5.2f}x | {ours.p99_ms:>7.2f}ms {theirs.p99_ms:>8.2f}ms | "
+              f"{ours.rps:>9.0f} {theirs.rps:>10.0f} {ours.rps / theirs.rps:>5.2f}x")
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
