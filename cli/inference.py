@@ -79,5 +79,60 @@ def serve_command(
         raise SystemExit(code)
 
 
-def _print_json(payload: object) -> None:
-    click.echo(json.dumps(payload, indent=2, default=str))
+@click.command("package")
+@click.argument("model_ref", metavar="RUN_ID|MODEL_URI")
+@tracking_option
+@click.option("--platform", "platforms", default="linux/amd64,linux/arm64", show_default=True,
+              help="Comma-separated target platforms.")
+@click.option("--registry", default=None, help="HOST[:PORT] to push the manifest list to.")
+@click.option("--name", default=None, help="Repository name in the registry (default: flops/<model>-inference).")
+@click.option("--base-image", default=None, help="Multi-arch base (default: docker.io/library/python:3.11-slim).")
+@click.option("--pip-index-url", default=None)
+@click.option("--pip-extra-index-url", "pip_extra_index_urls", multiple=True)
+@click.option("--pip-find-links", "pip_find_links", multiple=True, type=click.Path(file_okay=False))
+@click.option("--platform-constraint", "platform_constraints", multiple=True, metavar="PLATFORM=REQ",
+              help="Extra constraint for one platform (default: linux/arm64=torch<=2.10).")
+@click.option("--classifier/--no-classifier", default=None, help="Add argmax labels (default: from the output shape)")
+@click.option("--no-cache", is_flag=True, help="Rebuild every layer.")
+@click.option("--output", default=None, help="oci-archive:PATH to write the image to (no registry needed).")
+@click.option("--tls-verify/--no-tls-verify", default=True, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line of stdout.")
+@reports_errors
+def package_command(
+    model_ref: str, tracking_uri: str | None, platforms: str, registry: str | None, name: str | None,
+    base_image: str | None, pip_index_url: str | None, pip_extra_index_urls: tuple[str, ...],
+    pip_find_links: tuple[str, ...], platform_constraints: tuple[str, ...], classifier: bool | None,
+    no_cache: bool, output: str | None, tls_verify: bool, as_json: bool,
+) -> None:
+    """Build a multi-arch inference image of a logged model: the server and the model, no MLflow inside."""
+    from cli.build import ProgressPrinter, parse_platform_constraints
+    from flops.errors import ConfigError
+    from image_builder import build_image
+    from inference.export import export_bundle
+    from inference.package import inference_image_spec, stage_context
+
+    platform_list = [p.strip() for p in platforms.split(",") if p.strip()]
+    if not registry and not output:
+        raise ConfigError("give --registry HOST[:PORT] or --output oci-archive:PATH")
+    constraints = parse_platform_constraints(platform_constraints, platform_list)
+    with tempfile.TemporaryDirectory(prefix="flops-package-") as tmp:
+        bundle_dir = Path(tmp) / "bundle"
+        metadata = export_bundle(resolve_model_ref(model_ref), bundle_dir, tracking_uri=tracking_uri,
+                                 classifier=classifier)
+        spec = inference_image_spec(
+            stage_context(bundle_dir, Path(tmp) / "context"), name=name, platforms=platform_list,
+            registry=registry, base_image=base_image, pip_index_url=pip_index_url,
+            pip_extra_index_urls=list(pip_extra_index_urls),
+            pip_find_links=[str(Path(p).resolve()) for p in pip_find_links], platform_constraints=constraints,
+            no_cache=no_cache, output=output, tls_verify=tls_verify,
+        )
+        result = build_image(spec, progress=ProgressPrinter())
+    if as_json:
+        click.echo(json.dumps({
+            **result.model_dump(include={"image", "platforms", "size_bytes", "duration_s", "cached", "emulated"}),
+            "model": metadata.display_name, "run_id": metadata.run_id,
+        }))
+        return
+    sizes = ", ".join(f"{p} {b / 1e6:.0f} MB" for p, b in result.size_bytes.items())
+    state = "cached (nothing built)" if result.cached else f"built in {result.duration_s:.1f} s"
+    click.echo(f"{result.image}\n  {metadata.display_name}; {state}; {sizes}")

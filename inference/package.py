@@ -1,0 +1,93 @@
+"""The inference image: a build context holding the server and one bundle, and the BuildSpec for image_builder."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from image_builder import BuildSpec
+from image_builder.flower_app import oci_labels
+from inference.bundle import BundleMetadata, read_metadata
+
+IMAGE_WORKDIR = "/app"
+IMAGE_BUNDLE_DIR = f"{IMAGE_WORKDIR}/bundle"
+# What the server imports at run time, and nothing else: no MLflow, pandas or YAML in the image.
+SERVER_REQUIREMENTS = [
+    "fastapi>=0.110",
+    "uvicorn>=0.29",
+    "uvloop>=0.19",
+    "httptools>=0.6",
+    "orjson>=3.9",
+    "prometheus-client>=0.20",
+    "pydantic>=2.6",
+    "numpy>=1.26",
+    "torch",
+    # Only unpickles models MLflow saved with serialization_format="pickle" whose classes went by value.
+    "cloudpickle>=2",
+]
+# Modules of inference/ the server runs; export (MLflow) and launch (host side) stay out of the image.
+SERVER_MODULES = (
+    "__init__.py", "__main__.py", "bundle.py", "errors.py", "metrics.py", "model.py", "payload.py", "server.py",
+    "settings.py",
+)
+# The error hierarchy the server's errors derive from; dependency-free, so it is copied rather than installed.
+CORE_MODULES = ("__init__.py", "errors.py")
+
+
+def stage_context(bundle_dir: Path, dest: Path) -> Path:
+    """Copy the server modules, flops/errors.py and the bundle into `dest`, the image's /app."""
+    package_root = Path(__file__).resolve().parent
+    (dest / "inference").mkdir(parents=True)
+    for name in SERVER_MODULES:
+        shutil.copy2(package_root / name, dest / "inference" / name)
+    (dest / "flops").mkdir()
+    for name in CORE_MODULES:
+        shutil.copy2(package_root.parent / "flops" / name, dest / "flops" / name)
+    shutil.copytree(bundle_dir, dest / "bundle", ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def image_requirements(metadata: BundleMetadata) -> list[str]:
+    """The server's requirements plus the model's other ones as MLflow recorded them.
+
+    Where the model names a package the server also needs (torch, numpy, cloudpickle) the server's line wins:
+    torch's version is then chosen per platform by the build's constraints (arm64 stays on a CPU-only release)
+    instead of the training machine's pin.
+    """
+    ours = {_requirement_name(line) for line in SERVER_REQUIREMENTS}
+    extra = [line for line in metadata.requirements if _requirement_name(line) not in ours]
+    return [*SERVER_REQUIREMENTS, *extra]
+
+
+def default_image_name(metadata: BundleMetadata) -> str:
+    cleaned = re.sub(r"[^a-z0-9]+", "-", (metadata.model_name or "model").lower()).strip("-")
+    return f"flops/{cleaned or 'model'}-inference"
+
+
+def inference_image_spec(context_dir: Path, *, name: str | None = None, **build_options: Any) -> BuildSpec:
+    """Spec of the serving image for the context `stage_context` made; build_options are other BuildSpec fields."""
+    metadata = read_metadata(context_dir / "bundle")
+    labels = {
+        **oci_labels(metadata.source_url, metadata.source_commit),
+        "io.flops.model.name": metadata.model_name or "",
+        "io.flops.model.version": metadata.model_version or "",
+        "io.flops.run-id": metadata.run_id or "",
+        **build_options.pop("labels", {}),
+    }
+    return BuildSpec.checked(
+        name=name or default_image_name(metadata),
+        context_dir=context_dir,
+        requirements=image_requirements(metadata),
+        entrypoint=["python3", "-m", "inference"],
+        cmd=[],
+        env={"FLOPS_BUNDLE": IMAGE_BUNDLE_DIR, "PORT": "8080", "PYTHONUNBUFFERED": "1"},
+        workdir=IMAGE_WORKDIR,
+        labels={key: value for key, value in labels.items() if value},
+        **build_options,
+    )
+
+
+def _requirement_name(line: str) -> str:
+    return re.split(r"[\s<>=!~;\[]", line.strip(), maxsplit=1)[0].lower().replace("_", "-")
