@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform as host
 import shutil
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -15,6 +16,9 @@ from image_builder.spec import PLATFORM_MACHINES, BuildSpec
 from image_builder.tools import ToolRunner
 
 CACHE_REPO = "flops-cache/deps"
+# Platforms build side by side, but copying, committing and pushing a dependency layer (hundreds of MB)
+# one at a time: on a small machine two at once thrash the disk. Resolving and downloading overlap freely.
+STORAGE_LOCK = threading.Lock()
 # uv's wording when --only-binary leaves a requirement without a usable wheel for the target.
 NO_WHEEL_MARKERS = ("wheel", "only-binary", "source distribution", "platform tag")
 
@@ -88,15 +92,18 @@ def install_dependencies(
         else:
             if spec.requirements:
                 _portable_scripts(target / "bin")
+        with STORAGE_LOCK:
+            if spec.requirements and not emulated:
                 runner.run(cmd.buildah_copy(container, target, cmd.DEPS_DIR), quiet=True)
-        runner.run(cmd.buildah_config(container, env=deps_env()), quiet=True)
-        runner.run(cmd.buildah_commit(container, local), quiet=True)
+            runner.run(cmd.buildah_config(container, env=deps_env()), quiet=True)
+            runner.run(cmd.buildah_commit(container, local), quiet=True)
     except BaseException:
         runner.run(["buildah", "rm", container], quiet=True, check=False)
         raise
     if remote:
         report("step", step, f"caching as {remote}", platform)
-        runner.run(cmd.buildah_push(local, f"docker://{remote}", spec.tls_verify), quiet=True)
+        with STORAGE_LOCK:
+            runner.run(cmd.buildah_push(local, f"docker://{remote}", spec.tls_verify), quiet=True)
     report("done", step, f"built ({key[:12]}){' under emulation' if emulated else ''}", platform)
     return local, emulated
 

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
@@ -83,7 +84,8 @@ class ToolRunner:
         """
         tool = args[0]
         argv = [tool_path(tool), *args[1:]]
-        self._emit("$ " + " ".join(args), quiet=True)
+        started = time.monotonic()
+        self._emit(f"$ [{time.strftime('%H:%M:%S')}] " + " ".join(args), quiet=True)
         full_env = {**os.environ, **(env or {})}
         try:
             proc = subprocess.Popen(
@@ -112,6 +114,7 @@ class ToolRunner:
             self._emit(line, quiet)
         code = proc.wait()
         reader.join()
+        self._emit(f"# exit {code} after {time.monotonic() - started:.1f} s", quiet=True)
         if code != 0 and check:
             output = "\n".join(tail)
             last = next((ln for ln in reversed(tail) if ln.strip()), "")

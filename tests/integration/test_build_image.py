@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import subprocess
 import tarfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -21,44 +19,21 @@ from flops.errors import BuildError
 from image_builder import BuildResult, BuildSpec, build_image
 from image_builder.flower_app import flower_app_spec
 
+from containers.support import BASE, CONSTRAINTS, FIND_LINKS, REGISTRY, require_containers
+
 pytestmark = pytest.mark.slow
 
-REGISTRY = os.environ.get("FLOPS_REGISTRY", "127.0.0.1:5000")
-BASE = f"{REGISTRY}/flops/python-base:3.11"
 CONTAINERS = Path(__file__).parent / "containers"
 # The same requirement lines `flops build` uses for a task needing torch, so every test shares one deps layer.
 REQUIREMENTS = app_requirements(["torch"])
-# amd64: the CPU wheel in /opt/wheels; arm64: PyPI's last CPU-only aarch64 torch.
-CONSTRAINTS = {"linux/amd64": ["torch==2.13.0+cpu"], "linux/arm64": ["torch<=2.10"]}
-FIND_LINKS = ["/opt/wheels"] if Path("/opt/wheels").is_dir() else []
 BOTH = ["linux/amd64", "linux/arm64"]
 PODMAN_RUN = ["podman", "run", "--rm", "--runtime", "runc", "--ulimit", "nofile=1024:1024",
               "--ulimit", "nproc=1000:1000", "--network", "host", "--tls-verify=false", "-q"]
 
 
-def containers_missing() -> str | None:
-    """Why the container tests cannot run here, or None."""
-    for tool in ("buildah", "skopeo", "podman", "uv"):
-        if not shutil.which(tool) and not (tool == "uv" and (Path(os.sys.executable).parent / "uv").exists()):
-            return f"{tool} is not installed: run .ci/setup-containers.sh"
-    try:
-        urllib.request.urlopen(f"http://{REGISTRY}/v2/", timeout=3).read()
-    except OSError as exc:
-        return f"no registry on {REGISTRY} ({exc}): run .ci/setup-containers.sh"
-    found = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{BASE}"],
-                           capture_output=True, text=True)
-    if found.returncode != 0:
-        return f"base image {BASE} is not in the registry: run .ci/setup-containers.sh"
-    return None
-
-
 @pytest.fixture(scope="module")
 def containers() -> None:
-    reason = containers_missing()
-    if reason and os.environ.get("CI"):
-        pytest.fail(reason)  # CI ran the setup script: a missing piece is a failure, not a skip
-    if reason:
-        pytest.skip(reason)
+    require_containers()
 
 
 def app_copy(tmp: Path) -> Path:

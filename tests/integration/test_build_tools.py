@@ -18,7 +18,7 @@ def test_output_streams_line_by_line_to_the_callback_and_the_log(tmp_path: Path)
     assert code == 0 and stdout == "one\nthree\n"
     assert sorted(seen) == ["one", "three", "two"]
     log = (tmp_path / "build.log").read_text()
-    assert log.startswith("$ sh -c ") and "two" in log and "three" in log
+    assert log.startswith("$ [") and "] sh -c " in log and "two" in log and "three" in log
 
 
 def test_quiet_runs_only_log(tmp_path: Path) -> None:
