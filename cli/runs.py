@@ -49,6 +49,13 @@ def _report(state: RunState, as_json: bool) -> None:
 @click.option("--epochs", type=int, help="Local epochs per round.")
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float, help="Learning rate.")
+@click.option("--clusters", type=int, help="Cluster aggregators between learners and root (hierarchical FL).")
+@click.option("--local-rounds", type=int, help="Cluster rounds per global round (hierarchical FL).")
+@click.option("--topology", "topology_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML topology: root, clusters, learners, link costs, labels.")
+@click.option("--assignment", help="Learner-to-cluster strategy: balanced, min-comm-cost, label-balance, manual.")
+@click.option("--comm-budget", type=float, help="Stop before a global round that would exceed this cost.")
+@click.option("--target-accuracy", type=float, help="Stop once central accuracy reaches this.")
 @click.option("--round-timeout", type=float, help="Seconds a round may take before the run fails.")
 @click.option("--orchestrator", type=click.Choice(sorted(ORCHESTRATORS)), default="local", show_default=True)
 @click.option("--tracking-uri", help="MLflow tracking URI (default: SQLite store in the work dir).")
@@ -58,17 +65,23 @@ def _report(state: RunState, as_json: bool) -> None:
 @reports_errors
 def submit_command(source: str, ref: str | None, config_file: Path | None, rounds: int | None,
                    learners: int | None, epochs: int | None, batch_size: int | None, lr: float | None,
+                   clusters: int | None, local_rounds: int | None, topology_file: Path | None,
+                   assignment: str | None, comm_budget: float | None, target_accuracy: float | None,
                    round_timeout: float | None, orchestrator: str, tracking_uri: str | None, workdir: Path,
                    as_json: bool, detach: bool) -> None:
     """Fetch SOURCE (git URL or path), check it, and run it as a federation tracked in MLflow."""
     config = load_config(config_file, {
         "rounds": rounds, "learners": learners, "training.local_epochs": epochs,
         "training.batch_size": batch_size, "training.learning_rate": lr, "round_timeout_s": round_timeout,
+        "clusters": clusters, "local_rounds": local_rounds, "assignment": assignment,
+        "comm_budget": comm_budget, "target_accuracy": target_accuracy,
     })
     workdir = workdir.resolve()
     progress = make_progress()
     plan = prepare_run(source, ref, config, workdir, orchestrator, tracking_uri or default_tracking_uri(workdir),
-                       progress)
+                       progress, topology_file)
+    for cluster in plan.clusters:
+        click.echo(f"cluster {cluster.name}: {', '.join(l.name for l in cluster.learners)}", err=True)
     if detach:
         _start_detached(plan)
         state = load_state(workdir, plan.run_id)

@@ -45,11 +45,18 @@ class RunConfig(BaseModel):
     learners: int = Field(2, ge=1, description="Learners (SuperNodes); learner i trains on partition i of N.")
     strategy: StrategyConfig = StrategyConfig()
     training: TrainingConfig = TrainingConfig()
+    clusters: int = Field(0, ge=0, description="Cluster aggregators between learners and root (0 = flat FL).")
+    local_rounds: int = Field(1, ge=1, description="Hierarchical FL: cluster rounds per global round.")
+    assignment: str = Field("balanced", description="How learners are assigned to clusters: manual, balanced, min-comm-cost, label-balance.")
+    target_accuracy: float | None = Field(None, gt=0, le=1, description="Stop after the global round whose central accuracy reaches this.")
+    comm_budget: float | None = Field(None, gt=0, description="Stop before a global round that would exceed this communication cost (cost units, or MB without link costs).")
     round_timeout_s: float = Field(600.0, gt=0, description="A round that takes longer fails the run.")
     startup_timeout_s: float = Field(120.0, gt=0, description="Time allowed for the SuperLink and learners to come up.")
 
     @model_validator(mode="after")
     def _node_minimums_fit(self) -> RunConfig:
+        if self.clusters > self.learners:
+            raise ValueError(f"clusters = {self.clusters} exceeds learners = {self.learners}")
         for field in ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes"):
             value = getattr(self.strategy, field)
             if value is not None and value > self.learners:

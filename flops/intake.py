@@ -66,6 +66,7 @@ class Source(BaseModel):
     path: Path  # export of exactly that commit, no .git; treat as read-only
     name: str
     dirty: bool = False  # local path with uncommitted changes: HEAD was used, not the working tree
+    subdir: str = ""  # the submitted folder inside the repository ("" = its root)
 
 
 def fetch_source(source: str, ref: str | None, cache_dir: Path, timeout_s: float = 120) -> Source:
@@ -74,15 +75,18 @@ def fetch_source(source: str, ref: str | None, cache_dir: Path, timeout_s: float
     if is_remote(source):
         url = source
         repo = _mirror(url, ref, cache_dir / "repos", timeout_s)
-        dirty = False
+        dirty, subdir = False, ""
     else:
         url = str(Path(source).expanduser().resolve())
         repo = _open_local(url)
+        # A folder inside a repository (e.g. examples/digits-cnn) is submitted as that folder's tree.
+        subdir = "" if repo.bare else Path(url).relative_to(Path(repo.working_tree_dir).resolve()).as_posix()
+        subdir = "" if subdir == "." else subdir
         # Only the default (HEAD) can silently differ from what the user sees in their editor.
-        dirty = ref is None and not repo.bare and repo.is_dirty(untracked_files=True)
+        dirty = ref is None and not repo.bare and repo.is_dirty(untracked_files=True, path=subdir or None)
     commit = resolve_ref(repo, ref, url)
-    path = _export(repo, commit, cache_dir / "checkouts", url)
-    return Source(url=url, ref=ref, commit=commit, path=path, name=repo_name(url), dirty=dirty)
+    path = _export(repo, commit, cache_dir / "checkouts", url, subdir)
+    return Source(url=url, ref=ref, commit=commit, path=path, name=repo_name(url), dirty=dirty, subdir=subdir)
 
 
 def is_remote(source: str) -> bool:
@@ -115,7 +119,7 @@ def _open_local(path: str) -> git.Repo:
     if not Path(path).exists():
         raise IntakeError(f"path does not exist: {path}")
     try:
-        return git.Repo(path)
+        return git.Repo(path, search_parent_directories=True)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
         raise IntakeError(f"not a git repository: {path} (run `git init` and commit, or pass a git URL)") from None
 
@@ -208,16 +212,16 @@ def host_of(url: str) -> str:
     return host or "localhost"
 
 
-def _export(repo: git.Repo, commit: str, checkouts_dir: Path, url: str) -> Path:
-    """The commit's tree under checkouts_dir/<commit> (reused when present), without .git."""
-    dest = checkouts_dir / commit
+def _export(repo: git.Repo, commit: str, checkouts_dir: Path, url: str, subdir: str = "") -> Path:
+    """The commit's tree (or its SUBDIR) under checkouts_dir (reused when present), without .git."""
+    dest = checkouts_dir / (commit if not subdir else f"{commit}-{hashlib.sha256(subdir.encode()).hexdigest()[:12]}")
     if dest.is_dir():
         return dest
     checkouts_dir.mkdir(parents=True, exist_ok=True)
     # Extract beside the final place and rename, so a half-written tree never looks like a checkout.
     tmp = Path(tempfile.mkdtemp(prefix=f".{commit[:12]}-", dir=checkouts_dir))
     try:
-        _extract_tree(repo, commit, tmp, url)
+        _extract_tree(repo, f"{commit}:{subdir}" if subdir else commit, tmp, url)
         try:
             os.rename(tmp, dest)
         except OSError:
@@ -236,6 +240,8 @@ def _extract_tree(repo: git.Repo, commit: str, target: Path, url: str) -> None:
             with tarfile.open(fileobj=archive) as tar:
                 # The "data" filter refuses absolute paths, links out of the tree and device files.
                 tar.extractall(target, filter="data")
+    except git.GitCommandError:
+        raise IntakeError(f"{url} is not committed at {commit.split(':')[0][:12]} (commit it, or pass --ref)") from None
     except tarfile.TarError as exc:
         raise IntakeError(f"cannot export commit {commit[:12]} of {url}: {exc}") from None
 

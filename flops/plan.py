@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from flops.config import RunConfig
+from flops.topology import Topology
 
 
 class LearnerSpec(BaseModel):
@@ -19,8 +20,22 @@ class LearnerSpec(BaseModel):
     num_partitions: int
 
 
+class ClusterSpec(BaseModel):
+    """One cluster aggregator: its own SuperLink for its learners, and a SuperNode of the root federation."""
+
+    name: str
+    index: int
+    learners: list[LearnerSpec]
+    cost_to_root: float = 0.0  # cost per MB on the cluster <-> root link
+    learner_link_cost: float = 0.0  # mean cost per MB on this cluster's learner links
+
+    @property
+    def dir_name(self) -> str:
+        return f"cluster-{self.index}"
+
+
 class RunPlan(BaseModel):
-    """What `flops submit` decided: source, app, environment, config and the learners to start."""
+    """What `flops submit` decided: source, app, environment, config and the topology to start."""
 
     run_id: str
     run_dir: Path
@@ -34,8 +49,14 @@ class RunPlan(BaseModel):
     orchestrator: str
     tracking_uri: str
     learners: list[LearnerSpec]
+    clusters: list[ClusterSpec] = []  # empty: flat FL, the learners join the root directly
+    topology: Topology | None = None  # as assigned; drawn into MLflow
     task_module: str  # import name of the user's task module inside the app's user/ folder
     dependencies: list[str]
+
+    @property
+    def hierarchical(self) -> bool:
+        return bool(self.clusters)
 
     @property
     def logs_dir(self) -> Path:
@@ -49,6 +70,10 @@ class RunPlan(BaseModel):
     @property
     def events_path(self) -> Path:
         return self.output_dir / "events.jsonl"
+
+    def cluster_dir(self, cluster: ClusterSpec) -> Path:
+        """Where a cluster aggregator keeps each global round's cluster run (weights in, result out)."""
+        return self.output_dir / cluster.dir_name
 
     def save(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -64,9 +89,25 @@ def new_run_id() -> str:
     return "r" + time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
 
 
-def plan_learners(config: RunConfig) -> list[LearnerSpec]:
-    """Flat topology: learner i trains on partition i of N."""
-    return [
-        LearnerSpec(name=f"learner-{i}", partition_id=i, num_partitions=config.learners)
-        for i in range(config.learners)
+def plan_learners(count: int) -> list[LearnerSpec]:
+    """Learner i trains on partition i of N, whichever cluster it ends up in."""
+    return [LearnerSpec(name=f"learner-{i}", partition_id=i, num_partitions=count) for i in range(count)]
+
+
+def plan_clusters(topology: Topology) -> tuple[list[LearnerSpec], list[ClusterSpec]]:
+    """Learners (partition i = i-th learner of the topology) and, when hierarchical, their clusters."""
+    learners = [
+        LearnerSpec(name=node.name, partition_id=i, num_partitions=len(topology.learners))
+        for i, node in enumerate(topology.learners)
     ]
+    by_name = {spec.name: spec for spec in learners}
+    costs = {node.name: node.link_costs for node in topology.learners}
+    clusters = []
+    for index, cluster in enumerate(topology.clusters):
+        members = [by_name[name] for name in cluster.learners]
+        link_costs = [costs[name].get(cluster.name, 0.0) for name in cluster.learners]
+        clusters.append(ClusterSpec(
+            name=cluster.name, index=index, learners=members, cost_to_root=cluster.cost_to_root,
+            learner_link_cost=sum(link_costs) / len(link_costs) if link_costs else 0.0,
+        ))
+    return learners, clusters

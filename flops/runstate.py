@@ -34,6 +34,11 @@ class RunState(BaseModel):
     mlflow_run_id: str | None = None
     model_uri: str | None = None
     bytes_to_root: int = 0
+    bytes_total: int = 0
+    comm_cost: float = 0.0
+    clusters: dict[str, dict[str, float]] = {}  # cluster name -> accumulated bytes per link and examples
+    history: list[dict[str, float]] = []  # per global round: round, central accuracy and loss
+    stopped_early: str = ""
     started_at: float = 0.0
     ended_at: float | None = None
 
@@ -73,6 +78,10 @@ class RunState(BaseModel):
             },
             "duration_s": round(self.duration_s, 3),
             "bytes_to_root": self.bytes_to_root,
+            "bytes_total": self.bytes_total,
+            "comm_cost": self.comm_cost,
+            "clusters": self.clusters,
+            "stopped_early": self.stopped_early,
             "run_dir": str(self.run_dir),
         }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -73,6 +74,9 @@ class LocalOrchestrator(Orchestrator):
         env["FLWR_HOME"] = str(plan.run_dir / "flwr_home")
         env[RUN_ID_ENV] = plan.run_id
         env["PYTHONUNBUFFERED"] = "1"
+        # Flower's SuperExec looks for new tasks once a second by default; a task waiting up to a
+        # second at each of a round's hops is pure latency on loopback.
+        env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")
         return env
 
     def _spawn(self, plan: RunPlan, record: ComponentRecord, argv: list[str]) -> ComponentRecord:
@@ -110,31 +114,59 @@ class LocalOrchestrator(Orchestrator):
             time.sleep(0.1)
         raise DeployError(f"{record.name} did not open port {port} within {timeout_s:.0f}s (log: {record.log_path})")
 
-    def deploy(self, plan: RunPlan) -> Deployment:
-        bin_dir = plan.python.parent
-        (plan.run_dir / "flwr_home").mkdir(parents=True, exist_ok=True)
+    def _start_superlink(self, plan: RunPlan, name: str, role: str) -> tuple[ComponentRecord, int]:
         port = free_port()
-        deployment = Deployment(orchestrator=self.name, run_id=plan.run_id, control_address=f"127.0.0.1:{port}")
-        try:
-            superlink = self._spawn(
+        record = self._spawn(
+            plan,
+            ComponentRecord(name=name, role=role, log_path=plan.logs_dir / f"{name}.log"),
+            [str(plan.python.parent / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+             "--host", "127.0.0.1", "--port", str(port)],
+        )
+        self._wait_for_port(port, record, plan.config.startup_timeout_s)
+        return record, port
+
+    def _start_supernode(self, plan: RunPlan, record: ComponentRecord, superlink_port: int,
+                         node_config: dict[str, str | int]) -> ComponentRecord:
+        # Flower parses node config as TOML values: strings need quotes, numbers must not have them.
+        config_text = " ".join(f"{k}={json.dumps(v)}" for k, v in node_config.items())
+        # Bounded reconnects: a SuperNode whose SuperLink is gone exits instead of retrying forever.
+        argv = [str(plan.python.parent / "flower-supernode"), "--insecure",
+                "--superlink", f"127.0.0.1:{superlink_port}", "--port", str(free_port()),
+                "--node-config", config_text, "--max-retries", "5", "--max-wait-time", "30"]
+        return self._spawn(plan, record, argv)
+
+    def _start_learners(self, plan: RunPlan, learners: list, superlink_port: int) -> list[ComponentRecord]:
+        return [
+            self._start_supernode(
                 plan,
-                ComponentRecord(name="superlink", role="root-aggregator", log_path=plan.logs_dir / "superlink.log"),
-                [str(bin_dir / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
-                 "--host", "127.0.0.1", "--port", str(port)],
+                ComponentRecord(name=learner.name, role="learner", log_path=plan.logs_dir / f"{learner.name}.log",
+                                partition_id=learner.partition_id),
+                superlink_port,
+                {"partition-id": learner.partition_id, "num-partitions": learner.num_partitions},
             )
-            deployment.components.append(superlink)
-            self._wait_for_port(port, superlink, plan.config.startup_timeout_s)
-            for learner in plan.learners:
-                node_config = f"partition-id={learner.partition_id} num-partitions={learner.num_partitions}"
-                record = ComponentRecord(
-                    name=learner.name, role="learner", log_path=plan.logs_dir / f"{learner.name}.log",
-                    partition_id=learner.partition_id,
-                )
-                # Bounded reconnects: a learner whose SuperLink is gone exits instead of retrying forever.
-                argv = [str(bin_dir / "flower-supernode"), "--insecure", "--superlink", deployment.control_address,
-                        "--port", str(free_port()), "--node-config", node_config,
-                        "--max-retries", "5", "--max-wait-time", "30"]
-                deployment.components.append(self._spawn(plan, record, argv))
+            for learner in learners
+        ]
+
+    def deploy(self, plan: RunPlan) -> Deployment:
+        (plan.run_dir / "flwr_home").mkdir(parents=True, exist_ok=True)
+        deployment = Deployment(orchestrator=self.name, run_id=plan.run_id, control_address="")
+        try:
+            root, root_port = self._start_superlink(plan, "superlink", "root-aggregator")
+            deployment.components.append(root)
+            deployment.control_address = f"127.0.0.1:{root_port}"
+            if not plan.hierarchical:
+                deployment.components += self._start_learners(plan, plan.learners, root_port)
+            for cluster in plan.clusters:
+                link, link_port = self._start_superlink(plan, f"{cluster.dir_name}-superlink", "cluster-aggregator")
+                deployment.components.append(link)
+                deployment.components += self._start_learners(plan, cluster.learners, link_port)
+                aggregator = ComponentRecord(name=f"{cluster.dir_name}-aggregator", role="cluster-aggregator",
+                                             log_path=plan.logs_dir / f"{cluster.dir_name}-aggregator.log")
+                deployment.components.append(self._start_supernode(plan, aggregator, root_port, {
+                    "cluster-name": cluster.name, "cluster-index": cluster.index,
+                    "cluster-size": len(cluster.learners), "cluster-superlink": f"127.0.0.1:{link_port}",
+                    "cluster-dir": str(plan.cluster_dir(cluster)), "app-dir": str(plan.app_dir),
+                }))
         except BaseException:
             self.stop(deployment)
             raise

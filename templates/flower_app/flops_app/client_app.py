@@ -7,6 +7,7 @@ import traceback
 from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from flops_app import cluster_aggregator
 from flops_app.user_task import load_task, num_examples, numeric_metrics
 
 # Flower's code for "the ClientApp raised"; the reason we send is our own one-line message.
@@ -39,6 +40,8 @@ def _model_and_data(msg: Message, context: Context):  # noqa: ANN202 - the user'
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    if cluster_aggregator.is_cluster_aggregator(context):
+        return cluster_aggregator.train(msg, context)
     stage = "load_data"
     try:
         task, net, trainloader, testloader = _model_and_data(msg, context)

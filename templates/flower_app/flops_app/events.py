@@ -1,4 +1,4 @@
-"""Append-only JSON-lines event log the root aggregator writes and FLOps reads to track a run."""
+"""Append-only JSON-lines event log the aggregators write and FLOps reads to track a run."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 
 
 class EventLog:
-    """One JSON object per line; with no directory (a plain `flwr run`) events are only logged."""
+    """One JSON object per line; with no directory (a plain `flwr run`) events are only printed."""
 
     def __init__(self, output_dir: str) -> None:
         self.output_dir = Path(output_dir) if output_dir else None
@@ -28,15 +28,25 @@ class EventLog:
             fh.write(json.dumps(record) + "\n")
             fh.flush()
 
-    def save_model(self, arrays: list[np.ndarray], example: np.ndarray) -> None:
-        """Write the final weights and an input example atomically (Flower discards a run's final context)."""
+    def _write_atomically(self, name: str, write) -> None:  # noqa: ANN001 - a writer taking a binary file
         if self.output_dir is None:
             return
-        for name, writer in (
-            ("final_model.npz", lambda fh: np.savez(fh, *arrays)),
-            ("input_example.npy", lambda fh: np.save(fh, example)),
-        ):
-            tmp = self.output_dir / f".{name}.tmp"
-            with open(tmp, "wb") as fh:
-                writer(fh)
-            os.replace(tmp, self.output_dir / name)
+        tmp = self.output_dir / f".{name}.tmp"
+        with open(tmp, "wb") as fh:
+            write(fh)
+        os.replace(tmp, self.output_dir / name)
+
+    def save_arrays(self, arrays: list[np.ndarray], name: str = "final_model.npz") -> None:
+        """Flower discards a run's final context, so the model leaves the ServerApp as a file."""
+        self._write_atomically(name, lambda fh: np.savez(fh, *arrays))
+
+    def save_example(self, example: np.ndarray) -> None:
+        self._write_atomically("input_example.npy", lambda fh: np.save(fh, example))
+
+    def save_json(self, name: str, payload: dict[str, Any]) -> None:
+        self._write_atomically(name, lambda fh: fh.write(json.dumps(payload).encode()))
+
+
+def load_arrays(path: str | Path) -> list[np.ndarray]:
+    with np.load(path) as npz:
+        return [npz[f"arr_{i}"] for i in range(len(npz.files))]

@@ -1,73 +1,152 @@
-"""FLOps root aggregator: runs FedAvg over the learners, evaluates centrally, reports every round."""
+"""FLOps aggregators. Tier "root": FedAvg over the learners (flat) or the cluster aggregators
+(hierarchical), central evaluation, one event per global round. Tier "cluster": one global round's
+local rounds of FedAvg over a cluster's learners, started by that cluster's aggregator."""
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from flops_app.events import EventLog
+from flops_app.aggregation import payload_bytes
+from flops_app.events import EventLog, load_arrays
 from flops_app.strategy import FlopsFedAvg
 from flops_app.user_task import input_example, load_task
 
 app = ServerApp()
 
 
+class StopFederation(Exception):
+    """End the run early but cleanly: target accuracy reached, or the next round would break the budget."""
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
     events = EventLog(str(cfg["flops-output-dir"]))
+    tier = str(cfg["flops-tier"])
     try:
-        _federate(grid, cfg, events)
+        if tier == "cluster":
+            _cluster_federation(grid, cfg, events)
+        else:
+            _root_federation(grid, cfg, events)
     except Exception as exc:
         traceback.print_exc()
-        message = str(exc) if "learner" in str(exc) else f"root aggregator: {type(exc).__name__}: {exc}"
+        message = str(exc) if str(exc).startswith(("learner", "cluster")) else f"{tier} aggregator: {type(exc).__name__}: {exc}"
         events.emit("failed", message=message)
         raise
 
 
-def _federate(grid: Grid, cfg: dict, events: EventLog) -> None:
-    task = load_task(str(cfg["task-module"]))
-    net = task.Net()
-    device = str(cfg["device"])
-    # Central evaluation on the test split of the whole data set, as the tutorials' global server does.
-    _, central_testloader = task.load_data(0, 1, int(cfg["batch-size"]))
-    strategy = FlopsFedAvg(
+def _strategy(cfg: dict) -> FlopsFedAvg:
+    return FlopsFedAvg(
         fraction_train=float(cfg["fraction-train"]),
         fraction_evaluate=float(cfg["fraction-evaluate"]),
         min_train_nodes=int(cfg["min-train-nodes"]),
         min_evaluate_nodes=int(cfg["min-evaluate-nodes"]),
         min_available_nodes=int(cfg["min-available-nodes"]),
     )
+
+
+def _train_config(cfg: dict) -> ConfigRecord:
+    return ConfigRecord({"local-epochs": int(cfg["local-epochs"])})
+
+
+class LinkCosts:
+    """Cost of a global round's traffic from the link costs FLOps passes (cost per MB; 1 when unset)."""
+
+    def __init__(self, spec: str) -> None:
+        parsed = json.loads(spec) if spec else {}
+        self.flat = float(parsed.get("flat", 1.0))
+        self.clusters = {k: (float(v[0]), float(v[1])) for k, v in parsed.get("clusters", {}).items()}
+
+    def round_cost(self, stats: dict) -> float:
+        clusters = stats.get("clusters")
+        if not clusters:
+            return (stats.get("bytes_to_root", 0) + stats.get("bytes_from_root", 0)) / 1e6 * self.flat
+        cost = 0.0
+        for index, c in clusters.items():
+            to_root, to_learners = self.clusters.get(index, (1.0, 1.0))
+            cost += (c["bytes_to_root"] + c["bytes_from_root"]) / 1e6 * to_root
+            cost += (c["bytes-learners-to-cluster"] + c["bytes-cluster-to-learners"]) / 1e6 * to_learners
+        return cost
+
+
+def _root_federation(grid: Grid, cfg: dict, events: EventLog) -> None:
+    task = load_task(str(cfg["task-module"]))
+    net = task.Net()
+    device = str(cfg["device"])
+    # Central evaluation on the test split of the whole data set, as the tutorials' global server does.
+    _, central_testloader = task.load_data(0, 1, int(cfg["batch-size"]))
+    strategy = _strategy(cfg)
     num_rounds = int(cfg["num-server-rounds"])
+    target = float(cfg["target-accuracy"])
+    budget = float(cfg["comm-budget"])
+    costs = LinkCosts(str(cfg["flops-link-costs"]))
+    spent = [0.0]
+    latest = [ArrayRecord(task.get_weights(net))]
     round_started = [time.time()]
 
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        latest[0] = arrays
         task.set_weights(net, arrays.to_numpy_ndarrays())
         loss, accuracy = task.test(net, central_testloader, device)
         central = {"loss": float(loss), "accuracy": float(accuracy)}
+        stats = strategy.round_stats.get(server_round, {})
+        cost = costs.round_cost(stats) if server_round else 0.0
+        spent[0] += cost
         now = time.time()
-        events.emit(
-            "round",
-            round=server_round,
-            rounds=num_rounds,
-            duration_s=now - round_started[0],
-            central=central,
-            **strategy.round_stats.get(server_round, {}),
-        )
+        events.emit("round", round=server_round, rounds=num_rounds, duration_s=now - round_started[0],
+                    central=central, cost=cost, **stats)
         round_started[0] = now
+        if server_round and target and accuracy >= target:
+            raise StopFederation(f"target accuracy {target} reached in round {server_round}")
+        if server_round and budget and server_round < num_rounds and spent[0] + cost > budget:
+            raise StopFederation(
+                f"communication budget {budget} would be exceeded by round {server_round + 1} "
+                f"(spent {spent[0]:.4g}, last round {cost:.4g})"
+            )
         return MetricRecord(central)
 
-    events.emit("started", rounds=num_rounds)
+    events.emit("started", rounds=num_rounds, model_bytes=payload_bytes([task.get_weights(net)]))
+    stopped = ""
+    try:
+        result = strategy.start(
+            grid=grid, initial_arrays=latest[0], num_rounds=num_rounds, timeout=float(cfg["round-timeout-s"]),
+            train_config=_train_config(cfg), evaluate_fn=central_evaluate,
+        )
+        final = result.arrays
+    except StopFederation as stop:
+        final, stopped = latest[0], str(stop)
+    events.save_arrays(final.to_numpy_ndarrays())
+    events.save_example(input_example(central_testloader))
+    events.emit("finished", rounds=num_rounds, stopped_early=stopped)
+
+
+def _cluster_federation(grid: Grid, cfg: dict, events: EventLog) -> None:
+    strategy = _strategy(cfg)
+    local_rounds = int(cfg["num-server-rounds"])
+    global_round = int(cfg["flops-global-round"])
+
+    def report_local_round(local_round: int, _arrays: ArrayRecord) -> None:
+        if local_round:
+            events.emit("local_round", global_round=global_round, local_round=local_round,
+                        **strategy.round_stats.get(local_round, {}))
+
     result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(task.get_weights(net)),
-        num_rounds=num_rounds,
-        timeout=float(cfg["round-timeout-s"]),
-        train_config=ConfigRecord({"local-epochs": int(cfg["local-epochs"])}),
-        evaluate_fn=central_evaluate,
+        grid=grid, initial_arrays=ArrayRecord(load_arrays(str(cfg["flops-initial-weights"]))),
+        num_rounds=local_rounds, timeout=float(cfg["round-timeout-s"]), train_config=_train_config(cfg),
+        evaluate_fn=report_local_round,
     )
-    events.save_model(result.arrays.to_numpy_ndarrays(), input_example(central_testloader))
-    events.emit("finished", rounds=num_rounds)
+    rounds = [strategy.round_stats.get(r, {}) for r in range(1, local_rounds + 1)]
+    last = rounds[-1]
+    events.save_arrays(result.arrays.to_numpy_ndarrays())
+    events.save_json("cluster_result.json", {
+        "examples": last.get("examples", 0),  # the last local round's examples, never a running total
+        "bytes_to_cluster": sum(r.get("bytes_to_root", 0) for r in rounds),
+        "bytes_from_cluster": sum(r.get("bytes_from_root", 0) for r in rounds),
+        "train": last.get("train", {}),
+        "evaluate": last.get("evaluate", {}),
+    })

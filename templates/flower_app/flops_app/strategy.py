@@ -11,6 +11,11 @@ from flwr.serverapp.strategy import FedAvg
 from flops_app.aggregation import payload_bytes, weighted_average
 
 
+# Metric keys a cluster aggregator adds to its reply: accounting, not model metrics.
+CLUSTER_KEY_PREFIX = "cluster-"
+CLUSTER_INDEX = "cluster-index"
+
+
 class LearnerFailed(RuntimeError):
     """A learner replied with an error or did not reply in time."""
 
@@ -61,11 +66,28 @@ class FlopsFedAvg(FedAvg):
         contents = [m.content for m in replies]
         models = [c["arrays"].to_numpy_ndarrays() for c in contents]
         weights = [float(c["metrics"][self.weighted_by_key]) for c in contents]
-        self._stats(server_round)["bytes_to_root"] += payload_bytes(models)
+        stats = self._stats(server_round)
+        stats["bytes_to_root"] += payload_bytes(models)
+        stats["examples"] = int(sum(weights))  # this round's examples, never a running total
+        self._record_clusters(stats, contents, payload_bytes(models[:1]))
         arrays = ArrayRecord(weighted_average(models, weights))
-        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
-        self._stats(server_round)["train"] = dict(metrics)
+        metrics = self.train_metrics_aggr_fn(
+            contents, self.weighted_by_key
+        )
+        stats["train"] = {k: v for k, v in dict(metrics).items() if not k.startswith(CLUSTER_KEY_PREFIX)}
         return arrays, metrics
+
+    @staticmethod
+    def _record_clusters(stats: dict, contents: list, model_bytes: int) -> None:
+        """Per-cluster accounting carried in a cluster aggregator's reply (hierarchical runs only)."""
+        for content in contents:
+            metrics = dict(content["metrics"])
+            if CLUSTER_INDEX not in metrics:
+                continue
+            cluster = {k[len(CLUSTER_KEY_PREFIX):]: v for k, v in metrics.items() if k.startswith(CLUSTER_KEY_PREFIX)}
+            cluster.update(bytes_to_root=model_bytes, bytes_from_root=model_bytes,
+                           examples=int(metrics["num-examples"]))
+            stats.setdefault("clusters", {})[str(int(metrics[CLUSTER_INDEX]))] = cluster
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = self._check(server_round, list(replies), "evaluate")

@@ -1,0 +1,237 @@
+"""Docker orchestrator: the local orchestrator's SuperLink and SuperNodes, each a container of the FLOps image."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from flops.errors import DeployError
+from flops.orchestrators.base import ComponentRecord, Deployment, Orchestrator
+from flops.orchestrators.local import RUN_ID_ENV, free_port
+from flops.plan import RunPlan
+
+IMAGE_ENV = "FLOPS_IMAGE"
+RUN_LABEL = "io.flops.run-id"
+COMPONENT_LABEL = "io.flops.component"
+STOP_GRACE_S = 5
+
+
+def _docker_client() -> Any:
+    try:
+        import docker
+    except ImportError as exc:  # pragma: no cover - docker is a declared dependency of the docker extra
+        raise DeployError("the docker orchestrator needs the `docker` package: pip install 'flops[docker]'") from exc
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # the SDK raises several unrelated types for "no daemon"
+        raise DeployError(
+            f"cannot reach the Docker daemon ({exc}); start dockerd (see .ci/setup-containers.sh) or set DOCKER_HOST"
+        ) from exc
+    return client
+
+
+def container_name(run_id: str, component: str) -> str:
+    return f"flops-{run_id}-{component}"
+
+
+def node_config_text(node_config: dict[str, str | int]) -> str:
+    # Flower parses node config as TOML values: strings need quotes, numbers must not have them.
+    return " ".join(f"{k}={json.dumps(v)}" for k, v in node_config.items())
+
+
+class DockerOrchestrator(Orchestrator):
+    """Containers on the host network, labelled with the run id, one per component; the image's first argument
+    picks the role (root-aggregator, cluster-superlink, cluster-aggregator, learner)."""
+
+    name = "docker"
+
+    def __init__(self, image: str | None = None, client: Any = None) -> None:
+        self.image = image or os.environ.get(IMAGE_ENV)
+        self._client = client
+        self._followers: dict[str, threading.Thread] = {}  # component -> thread copying its logs to log_path
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = _docker_client()
+        return self._client
+
+    def _ensure_image(self) -> str:
+        if not self.image:
+            raise DeployError(
+                f"the docker orchestrator runs a FLOps image: build one with `flops build SOURCE --registry HOST` "
+                f"and set {IMAGE_ENV} to the image it prints"
+            )
+        import docker.errors
+
+        try:
+            self.client.images.get(self.image)
+        except docker.errors.ImageNotFound:
+            try:
+                self.client.images.pull(self.image)
+            except docker.errors.APIError as exc:
+                raise DeployError(f"cannot pull {self.image}: {exc.explanation or exc}") from exc
+        return self.image
+
+    def _mounts(self, plan: RunPlan) -> dict[str, dict[str, str]]:
+        """The run directory (and the app, when it lies elsewhere) at the same paths as on the host."""
+        mounts = {str(plan.run_dir): {"bind": str(plan.run_dir), "mode": "rw"}}
+        if not plan.app_dir.resolve().is_relative_to(plan.run_dir.resolve()):
+            mounts[str(plan.app_dir)] = {"bind": str(plan.app_dir), "mode": "ro"}
+        return mounts
+
+    def _run(self, plan: RunPlan, record: ComponentRecord, role: str, args: list[str]) -> ComponentRecord:
+        import docker.errors
+
+        record.log_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            container = self.client.containers.run(
+                self.image, command=[role, *args], detach=True, name=container_name(plan.run_id, record.name),
+                network_mode="host", labels={RUN_LABEL: plan.run_id, COMPONENT_LABEL: record.name},
+                environment={"FLWR_HOME": str(plan.run_dir / "flwr_home"), RUN_ID_ENV: plan.run_id,
+                             "PYTHONUNBUFFERED": "1"},
+                volumes=self._mounts(plan), working_dir=str(plan.run_dir),
+            )
+        except docker.errors.APIError as exc:
+            raise DeployError(f"cannot start {record.name}: {exc.explanation or exc}") from exc
+        record.container_id = container.id
+        follower = threading.Thread(target=self._follow_logs, args=(container, record.log_path), daemon=True)
+        follower.start()
+        self._followers[record.name] = follower
+        return record
+
+    @staticmethod
+    def _follow_logs(container: Any, log_path: Path) -> None:
+        try:
+            with open(log_path, "ab") as log:
+                for chunk in container.logs(stream=True, follow=True):
+                    log.write(chunk)
+                    log.flush()
+        except Exception:  # the container went away: stop() writes the final copy
+            return
+
+    def _container(self, record: ComponentRecord) -> Any | None:
+        import docker.errors
+
+        try:
+            return self.client.containers.get(record.container_id or container_name("", record.name))
+        except docker.errors.NotFound:
+            return None
+
+    def _wait_for_port(self, port: int, record: ComponentRecord, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            container = self._container(record)
+            if container is None or container.status in ("exited", "dead"):
+                tail = container.logs(tail=5).decode(errors="replace").strip() if container else ""
+                code = container.attrs["State"]["ExitCode"] if container else "?"
+                raise DeployError(f"{record.name} exited with code {code} while starting: {tail} "
+                                  f"(log: {record.log_path})")
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.settimeout(0.5)
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.2)
+        raise DeployError(f"{record.name} did not open port {port} within {timeout_s:.0f}s (log: {record.log_path})")
+
+    def _start_superlink(self, plan: RunPlan, name: str, role: str) -> tuple[ComponentRecord, int]:
+        port = free_port()
+        record = ComponentRecord(name=name, role=role, log_path=plan.logs_dir / f"{name}.log")
+        image_role = "root-aggregator" if role == "root-aggregator" else "cluster-superlink"
+        self._run(plan, record, image_role, ["--host", "127.0.0.1", "--port", str(port)])
+        self._wait_for_port(port, record, plan.config.startup_timeout_s)
+        return record, port
+
+    def _start_supernode(self, plan: RunPlan, record: ComponentRecord, superlink_port: int,
+                         node_config: dict[str, str | int]) -> ComponentRecord:
+        args = ["--superlink", f"127.0.0.1:{superlink_port}", "--port", str(free_port()),
+                "--node-config", node_config_text(node_config), "--max-retries", "5", "--max-wait-time", "30"]
+        return self._run(plan, record, record.role, args)
+
+    def _start_learners(self, plan: RunPlan, learners: list, superlink_port: int) -> list[ComponentRecord]:
+        return [
+            self._start_supernode(
+                plan,
+                ComponentRecord(name=learner.name, role="learner", log_path=plan.logs_dir / f"{learner.name}.log",
+                                partition_id=learner.partition_id),
+                superlink_port,
+                {"partition-id": learner.partition_id, "num-partitions": learner.num_partitions},
+            )
+            for learner in learners
+        ]
+
+    def deploy(self, plan: RunPlan) -> Deployment:
+        self._ensure_image()
+        (plan.run_dir / "flwr_home").mkdir(parents=True, exist_ok=True)
+        deployment = Deployment(orchestrator=self.name, run_id=plan.run_id, control_address="")
+        try:
+            root, root_port = self._start_superlink(plan, "superlink", "root-aggregator")
+            deployment.components.append(root)
+            deployment.control_address = f"127.0.0.1:{root_port}"
+            if not plan.hierarchical:
+                deployment.components += self._start_learners(plan, plan.learners, root_port)
+            for cluster in plan.clusters:
+                link, link_port = self._start_superlink(plan, f"{cluster.dir_name}-superlink", "cluster-aggregator")
+                deployment.components.append(link)
+                deployment.components += self._start_learners(plan, cluster.learners, link_port)
+                aggregator = ComponentRecord(name=f"{cluster.dir_name}-aggregator", role="cluster-aggregator",
+                                             log_path=plan.logs_dir / f"{cluster.dir_name}-aggregator.log")
+                deployment.components.append(self._start_supernode(plan, aggregator, root_port, {
+                    "cluster-name": cluster.name, "cluster-index": cluster.index,
+                    "cluster-size": len(cluster.learners), "cluster-superlink": f"127.0.0.1:{link_port}",
+                    "cluster-dir": str(plan.cluster_dir(cluster)), "app-dir": str(plan.app_dir),
+                }))
+        except BaseException:
+            self.stop(deployment)
+            raise
+        return deployment
+
+    def status(self, deployment: Deployment) -> dict[str, bool]:
+        alive = {}
+        for record in deployment.components:
+            container = self._container(record)
+            alive[record.name] = container is not None and container.status == "running"
+        return alive
+
+    def logs(self, deployment: Deployment, component: str) -> Path:
+        for record in deployment.components:
+            if record.name == component:
+                self._save_logs(record)
+                return record.log_path
+        known = ", ".join(c.name for c in deployment.components)
+        raise DeployError(f"no component '{component}' in run {deployment.run_id} (components: {known})")
+
+    def _save_logs(self, record: ComponentRecord) -> None:
+        """Write the container's whole log to log_path, unless this process is already copying it there."""
+        follower = self._followers.get(record.name)
+        if follower is not None and (follower.is_alive() or record.log_path.exists()):
+            return
+        container = self._container(record)
+        if container is not None:
+            record.log_path.parent.mkdir(parents=True, exist_ok=True)
+            record.log_path.write_bytes(container.logs())
+
+    def stop(self, deployment: Deployment) -> None:
+        """Stop and remove every container labelled with the run id, recorded or not; safe to call twice."""
+        containers = self.client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={deployment.run_id}"})
+        for container in containers:
+            try:
+                container.stop(timeout=STOP_GRACE_S)
+            except Exception:  # already gone or already stopped
+                pass
+        for follower in self._followers.values():
+            follower.join(timeout=2)  # a stopped container ends its log stream
+        for record in deployment.components:
+            self._save_logs(record)
+        for container in containers:
+            try:
+                container.remove(force=True)
+            except Exception:
+                pass
+        self._followers.clear()

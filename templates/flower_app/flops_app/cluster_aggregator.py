@@ -1,0 +1,79 @@
+"""A cluster aggregator: a SuperNode of the root federation that answers each global round by running
+`local-rounds` rounds of FedAvg over its own learners on its own SuperLink, through Flower's Control API."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+
+from flops_app.events import EventLog, load_arrays
+from flops_app.strategy import CLUSTER_INDEX, CLUSTER_KEY_PREFIX
+
+CLIENT_APP_RAISED_EXCEPTION = 2
+STATUS_POLL_S = 0.5
+
+
+def is_cluster_aggregator(context: Context) -> bool:
+    return "cluster-superlink" in context.node_config
+
+
+def train(msg: Message, context: Context) -> Message:
+    """Run this global round's local rounds in the cluster and reply with the cluster model."""
+    # Imported here: only a cluster aggregator, which FLOps starts, needs FLOps' Control API client.
+    from flops.flower_control import FlowerControl
+
+    node, cfg = context.node_config, context.run_config
+    name, index = str(node["cluster-name"]), int(node["cluster-index"])
+    global_round = int(msg.content["config"]["server-round"])
+    work = EventLog(str(Path(str(node["cluster-dir"])) / f"round-{global_round}"))
+    work.save_arrays(msg.content["arrays"].to_numpy_ndarrays(), "initial.npz")
+    size = int(node["cluster-size"])
+    control = FlowerControl(str(node["cluster-superlink"]))
+    try:
+        run_id = control.start_run(Path(str(node["app-dir"])), {
+            "flops-tier": "cluster",
+            "flops-initial-weights": str(work.output_dir / "initial.npz"),
+            "flops-output-dir": str(work.output_dir),
+            "flops-global-round": global_round,
+            "num-server-rounds": int(cfg["local-rounds"]),
+            "min-train-nodes": size, "min-evaluate-nodes": size, "min-available-nodes": size,
+        })
+        deadline = time.monotonic() + float(cfg["round-timeout-s"])
+        while not (status := control.run_status(run_id)).finished:
+            if time.monotonic() > deadline:
+                control.stop_run(run_id)
+                return _error(msg, f"cluster {name}: local rounds did not finish within {cfg['round-timeout-s']}s")
+            time.sleep(STATUS_POLL_S)
+    finally:
+        control.close()
+    result_path = work.output_dir / "cluster_result.json"
+    if not status.completed or not result_path.exists():
+        return _error(msg, _failure_reason(work.output_dir, name, status.details or status.sub_status))
+    result = json.loads(result_path.read_text())
+    metrics = {
+        "num-examples": int(result["examples"]),
+        CLUSTER_INDEX: index,
+        f"{CLUSTER_KEY_PREFIX}bytes-learners-to-cluster": float(result["bytes_to_cluster"]),
+        f"{CLUSTER_KEY_PREFIX}bytes-cluster-to-learners": float(result["bytes_from_cluster"]),
+        **{k: float(v) for k, v in result.get("train", {}).items() if k != "num-examples"},
+    }
+    arrays = ArrayRecord(load_arrays(work.output_dir / "final_model.npz"))
+    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def _failure_reason(output_dir: Path, name: str, fallback: str) -> str:
+    """The cluster run's own failure message (a learner's exception), else Flower's status details."""
+    events = output_dir / "events.jsonl"
+    if events.exists():
+        for line in reversed(events.read_text().splitlines()):
+            event = json.loads(line)
+            if event["event"] == "failed":
+                return event["message"]
+    return f"cluster {name}: local rounds failed: {fallback}"
+
+
+def _error(msg: Message, reason: str) -> Message:
+    return Message(Error(code=CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
