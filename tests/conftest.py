@@ -1,10 +1,16 @@
-"""Shared fixtures: throwaway git repositories and the text of a minimal valid task.py."""
+"""Shared fixtures: throwaway git repositories, a minimal valid task.py, and running the real `flops` CLI."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
+import sys
 import textwrap
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -127,3 +133,129 @@ def valid_task_source() -> str:
 @pytest.fixture(name="valid_task_source")
 def valid_task_source_fixture() -> str:
     return valid_task_source()
+
+
+# --- running the real `flops` CLI, as a user meets it ---
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
+EXAMPLE_DIR = REPO_ROOT / "examples" / "digits-cnn"
+FLOPS = Path(sys.executable).parent / "flops"
+
+
+def flops_env(**extra: str) -> dict[str, str]:
+    """The environment `flops` runs in: never reach a package index (everything is installed already)."""
+    return {**os.environ, "PIP_NO_INDEX": "1", "PYTHONUNBUFFERED": "1", **extra}
+
+
+@dataclass
+class FlopsResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    elapsed_s: float
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def last_json(self) -> dict:
+        """The --json result: the last line of stdout."""
+        lines = self.stdout.strip().splitlines()
+        assert lines, f"no stdout; stderr:\n{self.stderr}"
+        return json.loads(lines[-1])
+
+
+def run_flops(*args: str, timeout_s: float = 600, cwd: Path | None = None) -> FlopsResult:
+    """Run the installed `flops` entry point in a subprocess and capture everything it prints."""
+    started = time.monotonic()
+    done = subprocess.run([str(FLOPS), *args], capture_output=True, text=True, timeout=timeout_s,
+                          env=flops_env(), stdin=subprocess.DEVNULL, cwd=cwd)
+    return FlopsResult(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
+
+
+def assert_one_line_error(result: FlopsResult, exit_code: int = 2) -> str:
+    """The CLI's contract for a known failure: the exit code, one `error:` line on stderr, no traceback."""
+    assert result.returncode == exit_code, result.output
+    assert "Traceback" not in result.output, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def assert_only_error_line_on_stderr(result: FlopsResult, exit_code: int = 2) -> str:
+    """Stricter: stderr holds exactly one line, the error (commands that fail before any progress)."""
+    line = assert_one_line_error(result, exit_code)
+    assert result.stderr.strip().splitlines() == [line], result.stderr
+    return line
+
+
+def run_ids(workdir: Path) -> list[str]:
+    return sorted(p.name for p in (workdir / "runs").glob("*") if p.is_dir())
+
+
+def run_state(workdir: Path, run_id: str) -> dict:
+    return json.loads((workdir / "runs" / run_id / "state.json").read_text())
+
+
+def assert_no_process_left(run_id: str, grace_s: float = 10.0) -> None:
+    """No live process carries FLOPS_RUN_ID=run_id (what the local orchestrator tags every process with)."""
+    from flops.orchestrators.local import processes_of_run
+
+    deadline = time.monotonic() + grace_s
+    while (left := processes_of_run(run_id)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    described = {pid: _cmdline(pid) for pid in left}
+    assert not left, f"processes of run {run_id} still alive: {described}"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "?"
+
+
+def mlflow_run_count(workdir: Path) -> int:
+    """MLflow runs in the work dir's embedded store (0 when the store was never created)."""
+    db = workdir / "mlflow.db"
+    if not db.exists():
+        return 0
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    return len(client.search_runs(experiment_ids)) if experiment_ids else 0
+
+
+def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.2) -> object:
+    """Poll PREDICATE until it returns something truthy; fail naming WHAT after TIMEOUT_S."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def git_repo_of(directory: Path, dest: Path) -> Path:
+    """A git repository (one commit) holding a copy of DIRECTORY's files."""
+    shutil.copytree(directory, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    run_git(dest, "init", "-q", "-b", "main")
+    run_git(dest, "add", "-A")
+    run_git(dest, "commit", "-q", "-m", "initial")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def example_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git repository of examples/digits-cnn, as a user would push it."""
+    return git_repo_of(EXAMPLE_DIR, tmp_path_factory.mktemp("example") / "digits-cnn")
+
+
+@pytest.fixture
+def tiny_task_repo(git_repo: GitRepoFactory) -> Path:
+    """The minimal valid task (fast rounds) with its dependencies, as a git repository."""
+    return git_repo({"task.py": valid_task_source(), "requirements.txt": "torch\nnumpy\n"}, name="tiny-task")

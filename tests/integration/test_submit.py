@@ -1,0 +1,143 @@
+"""The example end to end: `flops submit` of examples/digits-cnn runs a real federation tracked in MLflow.
+
+One expensive run per session (the `example_run` fixture); every test below asserts one behaviour of it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import FlopsResult, assert_no_process_left, run_flops, run_git, run_state, wait_for
+
+pytestmark = pytest.mark.slow
+
+ROUNDS = 3
+LEARNERS = 3
+
+
+@dataclass
+class ExampleRun:
+    repo: Path
+    workdir: Path
+    result: FlopsResult
+    summary: dict
+
+    @property
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.summary["tracking_uri"])
+
+
+@pytest.fixture(scope="module")
+def example_run(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> ExampleRun:
+    workdir = tmp_path_factory.mktemp("example-work")
+    result = run_flops(
+        "submit", example_repo.as_uri(), "--learners", str(LEARNERS), "--rounds", str(ROUNDS),
+        "--workdir", str(workdir), "--json",
+    )
+    assert result.returncode == 0, result.output
+    return ExampleRun(example_repo, workdir, result, result.last_json())
+
+
+def test_example_finishes_with_a_json_summary(example_run: ExampleRun) -> None:
+    summary = example_run.summary
+    assert summary["status"] == "FINISHED", summary
+    assert summary["rounds_completed"] == ROUNDS
+    assert summary["final_metrics"]["accuracy"] >= 0.85, summary
+    assert summary["bytes_to_root"] > 0
+    assert summary["model_uri"] and summary["mlflow_run_id"]
+    assert summary["source_url"] == example_run.repo.as_uri()
+
+
+def test_example_prints_no_traceback(example_run: ExampleRun) -> None:
+    assert "Traceback" not in example_run.result.output
+
+
+def test_example_leaves_no_process_behind(example_run: ExampleRun) -> None:
+    assert_no_process_left(example_run.summary["run_id"], grace_s=0)
+
+
+def test_example_state_file_agrees_with_the_summary(example_run: ExampleRun) -> None:
+    state = run_state(example_run.workdir, example_run.summary["run_id"])
+    assert (state["status"], state["phase"], state["rounds_completed"]) == ("FINISHED", "done", ROUNDS)
+    assert state["mlflow_run_id"] == example_run.summary["mlflow_run_id"]
+
+
+def test_mlflow_run_is_finished_and_pinned_to_the_repos_head(example_run: ExampleRun) -> None:
+    run = example_run.client.get_run(example_run.summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    head = run_git(example_run.repo, "rev-parse", "HEAD")
+    assert params["commit"] == head == example_run.summary["commit"]
+    assert params["source_url"] == example_run.repo.as_uri()
+    assert (params["rounds"], params["learners"]) == (str(ROUNDS), str(LEARNERS))
+    assert params["flwr_version"] == version("flwr")
+
+
+def test_mlflow_has_one_point_per_round_for_central_and_aggregated_learner_metrics(example_run: ExampleRun) -> None:
+    client, run_id = example_run.client, example_run.summary["mlflow_run_id"]
+    keys = set(client.get_run(run_id).data.metrics)
+    per_round = {"central_accuracy", "central_loss"} | {k for k in keys if k.startswith(("train_", "evaluate_"))}
+    assert any(k.startswith("train_") for k in per_round), keys
+    assert {"evaluate_accuracy", "evaluate_loss"} <= per_round, keys
+    for key in sorted(per_round):
+        steps = sorted(m.step for m in client.get_metric_history(run_id, key))
+        assert steps == list(range(1, ROUNDS + 1)), (key, steps)
+    history = client.get_metric_history(run_id, "central_accuracy")
+    final = max(history, key=lambda m: m.step).value
+    assert final == pytest.approx(example_run.summary["final_metrics"]["accuracy"])
+
+
+def test_generated_app_and_config_are_logged_as_artifacts(example_run: ExampleRun) -> None:
+    client, run_id = example_run.client, example_run.summary["mlflow_run_id"]
+    app = {Path(a.path).name for a in client.list_artifacts(run_id, "flower_app")}
+    assert {"pyproject.toml", "flops_app", "user"} <= app, app
+    config_files = [a.path for a in client.list_artifacts(run_id, "config")]
+    assert config_files == ["config/run_config.json"]
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="config/run_config.json", tracking_uri=example_run.summary["tracking_uri"],
+        dst_path=str(example_run.workdir / "downloaded"),
+    )
+    config = json.loads(Path(local).read_text())
+    assert (config["rounds"], config["learners"]) == (ROUNDS, LEARNERS)
+
+
+def test_registered_model_loads_and_predicts_digits(example_run: ExampleRun, monkeypatch) -> None:
+    from sklearn.datasets import load_digits
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", example_run.summary["tracking_uri"])
+    model = mlflow.pyfunc.load_model(example_run.summary["model_uri"])
+    images = (load_digits().images[:16] / 16.0).astype(np.float32)[:, None, :, :]
+    predictions = np.asarray(model.predict(images))
+    assert predictions.shape == (16, 10)
+    # The model learnt something: most of these training digits are recognised.
+    assert (predictions.argmax(axis=1) == load_digits().target[:16]).mean() >= 0.7
+
+
+def test_second_submit_of_the_same_repo_reuses_the_cached_environment(example_run: ExampleRun) -> None:
+    envs = [p for p in (example_run.workdir / "cache" / "envs").iterdir() if p.is_dir()]
+    assert len(envs) == 1, envs
+    marker = next(envs[0].glob(".flops-env-complete"))
+    built_at = marker.stat().st_mtime_ns
+    # --detach returns once the run is prepared, environment included; then stop it (training is not the point).
+    result = run_flops("submit", example_run.repo.as_uri(), "--rounds", "1", "--learners", "1",
+                       "--workdir", str(example_run.workdir), "--detach", "--json")
+    assert result.returncode == 0, result.output
+    run_id = result.last_json()["run_id"]
+    try:
+        assert [p for p in (example_run.workdir / "cache" / "envs").iterdir() if p.is_dir()] == envs
+        assert marker.stat().st_mtime_ns == built_at
+        # A reused environment runs no pip at all, so the run has no environment log.
+        assert not (example_run.workdir / "runs" / run_id / "logs" / "environment.log").exists()
+    finally:
+        wait_for(lambda: run_state(example_run.workdir, run_id)["status"] != "PENDING", 60, "the detached controller")
+        stopped = run_flops("stop", run_id, "--workdir", str(example_run.workdir))
+        assert stopped.returncode == 0, stopped.output
+        assert_no_process_left(run_id)

@@ -1,0 +1,102 @@
+"""Run config: YAML file, flag overrides, validation messages naming the field, and the published schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flops.config import RunConfig, config_json_schema, load_config
+from flops.errors import ConfigError
+
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "digits-cnn" / "flops.yaml"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "flops.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_no_file_and_no_flags_gives_the_defaults() -> None:
+    assert load_config(None, {}) == RunConfig()
+
+
+def test_example_config_loads() -> None:
+    config = load_config(EXAMPLE_CONFIG, {})
+    assert (config.rounds, config.learners, config.training.local_epochs) == (3, 3, 2)
+
+
+def test_flags_override_the_file_and_none_flags_do_not(tmp_path: Path) -> None:
+    path = _write(tmp_path, "rounds: 5\nlearners: 4\ntraining:\n  batch_size: 16\n  learning_rate: 0.1\n")
+    config = load_config(path, {"rounds": 2, "learners": None, "training.batch_size": 64, "training.local_epochs": 3})
+    assert config.rounds == 2  # flag wins
+    assert config.learners == 4  # flag not given: file wins
+    assert config.training.batch_size == 64  # nested flag wins
+    assert config.training.learning_rate == 0.1  # nested value the flags did not touch
+    assert config.training.local_epochs == 3  # flag for a section the file does not mention
+
+
+def test_flags_alone_create_nested_sections() -> None:
+    config = load_config(None, {"training.learning_rate": 0.5, "round_timeout_s": 30.0})
+    assert config.training.learning_rate == 0.5 and config.round_timeout_s == 30.0
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("roundz: 3\n", "'roundz'"),
+        ("training:\n  epochs: 2\n", "'training.epochs'"),
+        ("rounds: -1\n", "'rounds'"),
+        ("learners: 0\n", "'learners'"),
+        ("strategy:\n  fraction_train: 1.5\n", "'strategy.fraction_train'"),
+    ],
+)
+def test_invalid_field_is_named_with_the_file(tmp_path: Path, text: str, field: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    message = str(info.value)
+    assert message.startswith(f"{path}: field {field}"), message
+    assert "\n" not in message
+
+
+def test_invalid_flag_is_named_as_a_flag() -> None:
+    with pytest.raises(ConfigError, match=r"^flags: field 'rounds'"):
+        load_config(None, {"rounds": 0})
+
+
+def test_node_minimum_above_learners_is_rejected(tmp_path: Path) -> None:
+    path = _write(tmp_path, "learners: 2\nstrategy:\n  min_train_nodes: 3\n")
+    with pytest.raises(ConfigError, match=r"min_train_nodes = 3 exceeds learners = 2"):
+        load_config(path, {})
+
+
+def test_invalid_yaml_names_the_file_and_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, "rounds: 2\nlearners: 3\ntraining: [unclosed\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:\d+: invalid YAML"):
+        load_config(path, {})
+
+
+def test_non_mapping_top_level_and_missing_file_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(_write(tmp_path, "- rounds\n- 3\n"), {})
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "absent.yaml", {})
+
+
+def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
+    assert load_config(_write(tmp_path, ""), {}) == RunConfig()
+
+
+def test_min_nodes_default_to_every_learner() -> None:
+    config = load_config(None, {"learners": 4, "strategy.min_evaluate_nodes": 2})
+    assert config.min_nodes("min_train_nodes") == 4
+    assert config.min_nodes("min_evaluate_nodes") == 2
+
+
+def test_schema_forbids_unknown_fields_and_describes_the_top_level() -> None:
+    schema = json.loads(config_json_schema())
+    assert schema["additionalProperties"] is False
+    assert {"rounds", "learners", "training", "strategy"} <= set(schema["properties"])
