@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -13,13 +12,12 @@ import site
 import subprocess
 import sys
 import venv
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
 
 from flops.errors import EnvironmentSetupError
+from flops.filelock import locked
 
 COMPLETE_MARKER = ".flops-env-complete"
 PIP_TAIL_LINES = 20
@@ -36,7 +34,7 @@ def ensure_run_env(dependencies: list[str], cache_dir: Path, log_path: Path | No
         return python
     envs_dir.mkdir(parents=True, exist_ok=True)
     log_path = Path(log_path) if log_path else envs_dir / f"{key}.log"
-    with _locked(envs_dir / f"{key}.lock"):
+    with locked(envs_dir / f"{key}.lock"):
         # Another submit may have finished the same env while we waited for the lock.
         if not (env_dir / COMPLETE_MARKER).is_file():
             _build(env_dir, requirements, log_path)
@@ -149,14 +147,3 @@ def _version_of(distribution: str) -> str:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return "none"
-
-
-@contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive fcntl lock so two submits do not build the same environment at once."""
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import git
 from pydantic import BaseModel
 
 from flops.errors import IntakeError
+from flops.filelock import locked
 
 # Never let git wait for a human: no password prompt, no ssh host-key question, bounded connect time.
 GIT_ENV = {
@@ -128,7 +126,7 @@ def _mirror(url: str, ref: str | None, repos_dir: Path, timeout_s: float) -> git
     """A bare mirror of URL in the cache: cloned on first use, fetched afterwards."""
     dest = repos_dir / hashlib.sha256(url.encode()).hexdigest()
     repos_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(dest.with_suffix(".lock")):
+    with locked(dest.with_suffix(".lock")):
         if not (dest / "HEAD").exists():
             _clone(url, dest, timeout_s)
             return git.Repo(dest)
@@ -244,14 +242,3 @@ def _extract_tree(repo: git.Repo, commit: str, target: Path, url: str) -> None:
         raise IntakeError(f"{url} is not committed at {commit.split(':')[0][:12]} (commit it, or pass --ref)") from None
     except tarfile.TarError as exc:
         raise IntakeError(f"cannot export commit {commit[:12]} of {url}: {exc}") from None
-
-
-@contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive fcntl lock so two submits do not clone or fetch the same mirror at once."""
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -156,6 +157,9 @@ def execute_run(plan: RunPlan, progress: Progress | None = None) -> RunState:
         status, message = "STOPPED", "stopped by request"
     except FlopsError as exc:
         message = str(exc)
+    except Exception as exc:  # a bug or a tool's unexpected failure: still tear down, and say what it was
+        traceback.print_exc()
+        message = f"internal error: {type(exc).__name__}: {exc} (please report; details in the controller output)"
     finally:
         # Teardown must not be interrupted by a second Ctrl-C.
         for sig in previous:
