@@ -56,16 +56,20 @@ def bundle_command(model_ref: str, dest: Path, tracking_uri: str | None, classif
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on")
 @click.option("--image", is_flag=True, help="MODEL_REF is an image from `flops package`: run it with podman or docker")
 @click.option("--max-request-bytes", type=click.IntRange(1024), default=None, help="Refuse larger bodies with 413")
+@click.option("--platform", default=None, help="With --image: the platform to run, e.g. linux/arm64 (under QEMU)")
+@click.option("--run-arg", "run_args", multiple=True, help="With --image: extra argument for `podman/docker run`")
 @reports_errors
 def serve_command(
-    model_ref: str, tracking_uri: str | None, port: int, host: str, image: bool, max_request_bytes: int | None
+    model_ref: str, tracking_uri: str | None, port: int, host: str, image: bool, max_request_bytes: int | None,
+    platform: str | None, run_args: tuple[str, ...],
 ) -> None:
     """Serve a model over HTTP (POST /predict, /health, /ready, /metadata, /metrics, /docs) until Ctrl-C."""
     from inference import launch
 
     if image:
         click.echo(f"serving image {model_ref} on http://{host}:{port}", err=True)
-        raise SystemExit(launch.run_in_foreground(launch.start_container(model_ref, port, host)))
+        container = launch.start_container(model_ref, port, host, platform=platform, extra_args=run_args)
+        raise SystemExit(launch.run_in_foreground(container))
     from inference.export import export_bundle
 
     extra_env = {"FLOPS_MAX_REQUEST_BYTES": str(max_request_bytes)} if max_request_bytes else {}

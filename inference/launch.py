@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from inference.errors import ServeError
@@ -100,16 +101,37 @@ def container_engine() -> str:
     raise ServeError("neither podman nor docker is on PATH; apt-get install podman (or serve without --image)")
 
 
-def container_run_args(engine: str, image: str, port: int, host: str, name: str | None = None) -> list[str]:
+def container_run_args(
+    engine: str,
+    image: str,
+    port: int,
+    host: str,
+    *,
+    name: str | None = None,
+    platform: str | None = None,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
     """`ENGINE run` publishing the server's port on `host:port` only; the image's own entrypoint runs."""
-    args = [engine, "run", "--rm", "--init", "-p", f"{host}:{port}:{CONTAINER_PORT}", "-e", f"PORT={CONTAINER_PORT}"]
+    args = [engine, "run", "--rm", "-p", f"{host}:{port}:{CONTAINER_PORT}", "-e", f"PORT={CONTAINER_PORT}"]
     if name:
         args += ["--name", name]
-    return [*args, image]
+    if platform:
+        args += ["--platform", platform]
+    return [*args, *extra_args, image]
 
 
-def start_container(image: str, port: int, host: str = "127.0.0.1", name: str | None = None) -> subprocess.Popen[bytes]:
-    args = container_run_args(container_engine(), image, port, host, name)
+def start_container(
+    image: str,
+    port: int,
+    host: str = "127.0.0.1",
+    *,
+    name: str | None = None,
+    platform: str | None = None,
+    extra_args: Sequence[str] = (),
+) -> subprocess.Popen[bytes]:
+    args = container_run_args(
+        container_engine(), image, port, host, name=name, platform=platform, extra_args=extra_args
+    )
     try:
         return subprocess.Popen(args, stdin=subprocess.DEVNULL)
     except OSError as exc:
