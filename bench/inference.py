@@ -3,7 +3,8 @@
 Both servers run on this machine's loopback; each scenario sends a bounded number of requests from
 CONCURRENCY keep-alive connections and reports p50/p99 latency and requests/s side by side with ratios.
 
-    python bench/inference.py [--requests 2000] [--rows 1 32] [--concurrency 1 8 32] [--json OUT]
+    python bench/inference.py [--requests 2000] [--rounds 3] [--rows 1 32] [--concurrency 1 8 32] [--json OUT]
+                              [--mlflow-torch-threads 1]
 """
 
 from __future__ import annotations
@@ -182,7 +183,13 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000, help="requests per scenario (bounded)")
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 32], help="rows per request")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--rounds", type=int, default=3, help="repeat every scenario; report medians")
+    parser.add_argument(
+        "--mlflow-torch-threads", type=int, help="OMP_NUM_THREADS for the mlflow server (default: torch's own)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--image-size", action="store_true",
+                        help="instead of latency: build both images (needs .ci/setup-containers.sh) and compare sizes")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="flops-bench-") as tmp:
@@ -191,6 +198,12 @@ def main() -> int:
         bundle = workdir / "bundle"
         export_bundle(model_uri, bundle, tracking_uri=tracking_uri)
         mlflow_model_dir = next(workdir.glob("mlartifacts/**/MLmodel")).parent
+        if args.image_size:
+            sizes = image_sizes(workdir, tracking_uri, model_uri, mlflow_model_dir)
+            print(f"linux/amd64 image, pushed bytes: flops {sizes['flops'] / 1e6:.1f} MB, "
+                  f"mlflow generate-dockerfile {sizes['mlflow'] / 1e6:.1f} MB, "
+                  f"ratio {sizes['flops'] / sizes['mlflow']:.2f}x")
+            return 0
 
         ours_port, mlflow_port = free_port(), free_port()
         ours = launch.start_local_server(bundle, ours_port)
@@ -202,24 +215,30 @@ def main() -> int:
             env={
                 **os.environ,
                 "MLFLOW_TRACKING_URI": tracking_uri,
+                **({"OMP_NUM_THREADS": str(args.mlflow_torch_threads)} if args.mlflow_torch_threads else {}),
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             },
         )
         try:
             wait_http_200(f"http://127.0.0.1:{ours_port}/ready", ours)
             wait_http_200(f"http://127.0.0.1:{mlflow_port}/ping", theirs)
-            same = post_json(ours_port, "/predict", images[:64])["predictions"] == post_json(
-                mlflow_port, "/invocations", images[:64]
-            )["predictions"]
-            print(f"same predictions from both servers on 64 rows: {same}", flush=True)
-            results: list[Result] = []
-            for rows in args.rows:
-                for concurrency in args.concurrency:
-                    for name, port, path in (("flops", ours_port, "/predict"), ("mlflow", mlflow_port, "/invocations")):
-                        results.append(measure(name, port, path, images[:rows], args.requests, concurrency))
-                        r = results[-1]
-                        print(f"  {name:6} rows={rows:<3} c={concurrency:<3} p50={r.p50_ms:.2f}ms "
-                              f"p99={r.p99_ms:.2f}ms {r.rps:.0f} req/s errors={r.errors}", flush=True)
+            ours_out = np.asarray(post_json(ours_port, "/predict", images[:64])["predictions"], dtype=np.float32)
+            theirs_out = np.asarray(post_json(mlflow_port, "/invocations", images[:64])["predictions"], dtype=np.float32)
+            print(f"identical float32 predictions on 64 rows: {bool((ours_out == theirs_out).all())}", flush=True)
+            print(f"load average before: {os.getloadavg()}", flush=True)
+            rounds: list[Result] = []
+            # Rounds alternate the servers so a burst of other load on the machine hits both alike.
+            for round_index in range(args.rounds):
+                for rows in args.rows:
+                    for concurrency in args.concurrency:
+                        for name, port, path in (("flops", ours_port, "/predict"), ("mlflow", mlflow_port, "/invocations")):
+                            r = measure(name, port, path, images[:rows], args.requests, concurrency)
+                            rounds.append(r)
+                            print(f"  round {round_index + 1} {name:6} rows={rows:<3} c={concurrency:<3} "
+                                  f"p50={r.p50_ms:.2f}ms p99={r.p99_ms:.2f}ms {r.rps:.0f} req/s errors={r.errors}",
+                                  flush=True)
+            print(f"load average after: {os.getloadavg()}", flush=True)
+            results = median_of_rounds(rounds)
         finally:
             launch.stop(ours)
             launch.stop(theirs)
@@ -228,6 +247,70 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "results": [asdict(r) for r in results]}, indent=2))
     return 0
+
+
+def median_of_rounds(rounds: list[Result]) -> list[Result]:
+    """One result per (server, rows, concurrency): the median of each metric over the rounds."""
+    grouped: dict[tuple[str, int, int], list[Result]] = {}
+    for r in rounds:
+        grouped.setdefault((r.server, r.rows, r.concurrency), []).append(r)
+    return [
+        Result(
+            server, rows, concurrency, sum(r.requests for r in group), sum(r.errors for r in group),
+            float(np.median([r.p50_ms for r in group])), float(np.median([r.p99_ms for r in group])),
+            float(np.median([r.rps for r in group])),
+        )
+        for (server, rows, concurrency), group in grouped.items()
+    ]
+
+
+def image_sizes(workdir: Path, tracking_uri: str, model_uri: str, mlflow_model_dir: Path) -> dict[str, int]:
+    """Pushed (compressed) linux/amd64 bytes of FLOps' image and of `mlflow models generate-dockerfile`'s, same base."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+    from containers.support import BASE, CONSTRAINTS, FIND_LINKS, REGISTRY  # type: ignore[import-not-found]
+
+    from image_builder import build_image
+    from inference.package import inference_image_spec, stage_context
+
+    export_bundle(model_uri, workdir / "size-bundle", tracking_uri=tracking_uri)
+    ours = build_image(inference_image_spec(
+        stage_context(workdir / "size-bundle", workdir / "size-context"), name="flops-bench/inference",
+        platforms=["linux/amd64"], registry=REGISTRY, base_image=BASE, tls_verify=False, pip_find_links=FIND_LINKS,
+        platform_constraints=CONSTRAINTS,
+    ))
+    context = workdir / "mlflow-docker"
+    subprocess.run(
+        [sys.executable, "-m", "mlflow", "models", "generate-dockerfile", "-m", str(mlflow_model_dir), "-d",
+         str(context), "--env-manager", "local"],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    dockerfile = (context / "Dockerfile").read_text()
+    # Same base as ours (Debian's python3, hence the break-system-packages and `python` link); the same CPU
+    # torch wheel through find-links; the host's CA for pip. Everything else is MLflow's recipe unchanged.
+    first_line = dockerfile.splitlines()[0] if dockerfile.startswith("FROM") else next(
+        line for line in dockerfile.splitlines() if line.startswith("FROM"))
+    dockerfile = dockerfile.replace(first_line, "\n".join([
+        f"FROM {BASE}",
+        "ENV PIP_BREAK_SYSTEM_PACKAGES=1 PIP_CERT=/flops-ca.crt PIP_FIND_LINKS=" + " ".join(FIND_LINKS),
+        "RUN ln -sf /usr/bin/python3 /usr/local/bin/python && ln -sf /usr/bin/pip3 /usr/local/bin/pip",
+    ]), 1)
+    (context / "Dockerfile").write_text(dockerfile)
+    ca = os.environ.get("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")
+    volumes = ["-v", f"{ca}:/flops-ca.crt:ro"] + [x for links in FIND_LINKS for x in ("-v", f"{links}:{links}:ro")]
+    image = "localhost/flops-bench/mlflow-generated:amd64"
+    subprocess.run(
+        ["buildah", "build", "--layers=false", "--isolation", "chroot", "--tls-verify=false", "--platform",
+         "linux/amd64", *volumes, "-t", image, "-f", str(context / "Dockerfile"), str(context)],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    pushed = f"{REGISTRY}/flops-bench/mlflow-generated:amd64"
+    subprocess.run(["buildah", "push", "--quiet", "--tls-verify=false", image, f"docker://{pushed}"], check=True,
+                   stdout=subprocess.DEVNULL)
+    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{pushed}"],
+                         capture_output=True, text=True, check=True).stdout
+    manifest = json.loads(raw)
+    theirs = sum(layer["size"] for layer in manifest["layers"]) + manifest["config"]["size"]
+    return {"flops": ours.size_bytes["linux/amd64"], "mlflow": theirs}
 
 
 def print_table(results: list[Result]) -> None:

@@ -21,7 +21,6 @@ from inference.settings import ServerSettings
 log = logging.getLogger("flops.inference")
 
 
-
 class ModelSlot:
     """Holds the model while it loads in a background thread, so /health and /ready answer meanwhile."""
 
@@ -29,15 +28,11 @@ class ModelSlot:
         self.bundle_dir = bundle_dir
         self.model: ServedModel | None = None
         self.error: str | None = None
-        self._thread = threading.Thread(target=self._load, name="flops-model-loader", daemon=True)
-
     def start(self) -> None:
-        self._thread.start()
+        """Load in a daemon thread; the server answers probes (503 on /ready) until it is done."""
+        threading.Thread(target=self.load, name="flops-model-loader", daemon=True).start()
 
-    def wait(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    def _load(self) -> None:
+    def load(self) -> None:
         started = time.perf_counter()
         try:
             self.model = ServedModel(self.bundle_dir)
@@ -63,7 +58,7 @@ def create_app(settings: ServerSettings, load_in_background: bool = True) -> Fas
     if load_in_background:
         slot.start()
     else:
-        slot._load()
+        slot.load()
     metrics.ready.set_function(lambda: 1.0 if slot.model is not None else 0.0)
     _add_predict(app, metadata, slot, metrics, settings.max_request_bytes)
     _add_probes(app, metadata, slot, metrics)
