@@ -139,7 +139,9 @@ def execute_run(plan: RunPlan, progress: Progress | None = None) -> RunState:
     progress.phase(state)
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     orchestrator = get_orchestrator(plan.orchestrator)
-    tracker = Tracker(plan.tracking_uri, plan.run_dir.parent.parent / "mlartifacts")
+    # The embedded store keeps artifacts beside it; a tracking server decides where its artifacts go.
+    embedded = plan.tracking_uri.startswith("sqlite:")
+    tracker = Tracker(plan.tracking_uri, plan.run_dir.parent.parent / "mlartifacts" if embedded else None)
     status, message = "FAILED", ""
     try:
         state.update(mlflow_run_id=tracker.start(plan))
