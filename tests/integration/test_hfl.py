@@ -1,0 +1,272 @@
+"""Hierarchical FL end to end through `flops submit`: learners -> cluster aggregators -> root.
+
+Two kinds of run, each shared by several tests (module-scoped fixtures, the machine is small):
+- `exact_run`: the test-only task of tests/fixtures/hfl_exact_task, whose train() makes a known change,
+  in two hand-placed clusters, so the final model can be worked out by hand; it also carries a
+  --comm-budget that allows one global round of two.
+- `cnn_runs`: examples/digits-cnn hierarchical (4 learners, 2 clusters, 3 global x 2 local rounds) and
+  flat (4 learners, 6 rounds: the same learner work), compared on accuracy and bytes to the root.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import FIXTURES_DIR, FlopsResult, assert_no_process_left, git_repo_of, run_flops, run_state
+
+pytestmark = pytest.mark.slow
+# Each module fixture runs on the first test that asks for it: its run counts against that test's timeout.
+
+# --- the exact run: hand-computable hierarchical FedAvg ---
+
+INITIAL = np.array([0.0, 1.0, -2.0])  # hfl_exact_task's INITIAL_WEIGHTS
+LOCAL_ROUNDS = 2
+GLOBAL_ROUNDS = 2  # the budget below allows the first only
+# Partition i has 10 * (i + 1) training examples and train() adds (i + 1) to every weight (one epoch).
+# Cluster a = learners 0, 1 (10 and 20 examples); cluster b = learners 2, 3 (30 and 40 examples).
+# One local round moves a cluster's model by the example-weighted mean of its learners' steps:
+STEP_A = (10 * 1 + 20 * 2) / 30  # 5/3
+STEP_B = (30 * 3 + 40 * 4) / 70  # 25/7
+# After 2 local rounds a cluster reports its model and the examples of its LAST local round (30, 70:
+# not the running totals 60, 140); the root averages the two cluster models by those examples:
+EXAMPLES_A, EXAMPLES_B = 30, 70
+STEP_ROOT = (EXAMPLES_A * LOCAL_ROUNDS * STEP_A + EXAMPLES_B * LOCAL_ROUNDS * STEP_B) / (EXAMPLES_A + EXAMPLES_B)  # 6
+# Bytes on the wire per global round, with the model being 3 float64 (24 bytes): each of the 2 clusters
+# receives and returns one model from/to the root, and in each of its 2 local rounds sends one to and
+# receives one from each of its 2 learners. Without link costs the cost unit is MB over all links.
+MODEL_BYTES = 3 * 8
+BYTES_PER_GLOBAL_ROUND = 2 * 2 * MODEL_BYTES + 4 * LOCAL_ROUNDS * 2 * MODEL_BYTES  # 480
+COMM_BUDGET = 1.5 * BYTES_PER_GLOBAL_ROUND / 1e6  # one global round fits, a second would not
+
+EXACT_TOPOLOGY = """\
+    # Two clusters placed by hand; learners[i] trains on partition i of 4.
+    assignment: manual
+    clusters:
+      - name: a
+        learners: [learner-0, learner-1]
+      - name: b
+        learners: [learner-2, learner-3]
+    learners:
+      - name: learner-0
+      - name: learner-1
+      - name: learner-2
+      - name: learner-3
+"""
+
+
+@dataclass
+class Run:
+    workdir: Path
+    result: FlopsResult
+    summary: dict
+
+    @property
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.summary["tracking_uri"])
+
+    @property
+    def mlflow_run_id(self) -> str:
+        return self.summary["mlflow_run_id"]
+
+
+@pytest.fixture(scope="module")
+def exact_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    base = tmp_path_factory.mktemp("hfl-exact")
+    repo = git_repo_of(FIXTURES_DIR / "hfl_exact_task", base / "hfl-exact-task")
+    topology = base / "two-clusters.yaml"
+    topology.write_text(textwrap.dedent(EXACT_TOPOLOGY))
+    workdir = base / "work"
+    result = run_flops(
+        "submit", repo.as_uri(), "--topology", str(topology), "--rounds", str(GLOBAL_ROUNDS),
+        "--local-rounds", str(LOCAL_ROUNDS), "--comm-budget", repr(COMM_BUDGET), "--round-timeout", "300",
+        "--workdir", str(workdir), "--json", timeout_s=900,
+    )
+    assert result.returncode == 0, result.output
+    return Run(workdir, result, result.last_json())
+
+
+def _expected_model(global_rounds: int) -> np.ndarray:
+    return INITIAL + STEP_ROOT * global_rounds
+
+
+@pytest.mark.timeout(1200)
+def test_root_model_is_the_example_weighted_average_of_the_cluster_models(exact_run: Run) -> None:
+    summary = exact_run.summary
+    assert summary["status"] == "FINISHED", summary
+    assert summary["rounds_completed"] >= 1
+    expected = _expected_model(summary["rounds_completed"])
+    with np.load(Path(summary["run_dir"]) / "output" / "final_model.npz") as npz:
+        assert npz.files == ["arr_0"]
+        final = npz["arr_0"]
+    np.testing.assert_allclose(final, expected, rtol=1e-12, atol=1e-12)
+    # An unweighted mean of the two cluster models would give something else.
+    assert not np.allclose(final, INITIAL + (LOCAL_ROUNDS * STEP_A + LOCAL_ROUNDS * STEP_B) / 2)
+    # The central evaluation saw the same model: test() returns the sum of the weights as its loss.
+    assert summary["final_metrics"]["loss"] == pytest.approx(expected.sum(), abs=1e-9)
+
+
+@pytest.mark.timeout(1200)
+def test_registered_model_holds_the_hand_computed_weights(exact_run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    summary = exact_run.summary
+    assert summary["model_uri"], summary
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", summary["tracking_uri"])
+    model = mlflow.pyfunc.load_model(summary["model_uri"])
+    # Net.forward(x) = x * w: a row of ones reads the weights back.
+    prediction = np.asarray(model.predict(np.ones((1, 3), dtype=np.float64)))
+    np.testing.assert_allclose(prediction, [_expected_model(summary["rounds_completed"])], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.timeout(1200)
+def test_the_assignment_from_the_topology_file_is_printed(exact_run: Run) -> None:
+    stderr = exact_run.result.stderr
+    assert "cluster a: learner-0, learner-1" in stderr, stderr
+    assert "cluster b: learner-2, learner-3" in stderr, stderr
+    assert "Traceback" not in exact_run.result.output
+
+
+@pytest.mark.timeout(1200)
+def test_each_cluster_has_a_nested_mlflow_run_with_one_point_per_local_round(exact_run: Run) -> None:
+    client, parent = exact_run.client, exact_run.mlflow_run_id
+    experiment_id = client.get_run(parent).info.experiment_id
+    nested = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    by_cluster = {run.data.tags["flops.cluster"]: run for run in nested}
+    assert sorted(by_cluster) == ["a", "b"], [r.data.tags for r in nested]
+    # Each local round's cluster model, read through its learners' test() (loss = sum of the weights):
+    # the cluster model after local round r is INITIAL + r * step of the cluster.
+    expected_step = {"a": STEP_A, "b": STEP_B}
+    for name, run in by_cluster.items():
+        assert run.info.status == "FINISHED", (name, run.info.status)
+        assert run.data.params["learners"] == {"a": "learner-0,learner-1", "b": "learner-2,learner-3"}[name]
+        for key in ("evaluate_loss", "train_step", "examples", "global_round"):
+            history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+            assert [m.step for m in history] == list(range(1, LOCAL_ROUNDS + 1)), (name, key, history)
+        losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "evaluate_loss"), key=lambda m: m.step)]
+        wanted = [float((INITIAL + r * expected_step[name]).sum()) for r in range(1, LOCAL_ROUNDS + 1)]
+        assert losses == pytest.approx(wanted, abs=1e-9), (name, losses, wanted)
+        examples = [m.value for m in client.get_metric_history(run.info.run_id, "examples")]
+        assert examples == [{"a": EXAMPLES_A, "b": EXAMPLES_B}[name]] * LOCAL_ROUNDS, (name, examples)
+
+
+@pytest.mark.timeout(1200)
+def test_clusters_report_the_examples_of_their_last_local_round_to_the_root(exact_run: Run) -> None:
+    client, parent = exact_run.client, exact_run.mlflow_run_id
+    metrics = client.get_run(parent).data.metrics
+    assert metrics["cluster_a_examples"] == EXAMPLES_A, metrics  # not 2 * 30, a running total
+    assert metrics["cluster_b_examples"] == EXAMPLES_B, metrics
+    assert metrics["examples"] == EXAMPLES_A + EXAMPLES_B, metrics
+
+
+@pytest.mark.timeout(1200)
+def test_topology_picture_and_accuracy_curve_are_artifacts_of_the_parent_run(exact_run: Run) -> None:
+    client, parent = exact_run.client, exact_run.mlflow_run_id
+    topology = {a.path for a in client.list_artifacts(parent, "topology")}
+    assert "topology/topology.png" in topology, topology
+    plots = {a.path for a in client.list_artifacts(parent, "plots")}
+    assert "plots/accuracy.png" in plots, plots
+    for path in ("topology/topology.png", "plots/accuracy.png"):
+        local = Path(mlflow.artifacts.download_artifacts(
+            run_id=parent, artifact_path=path, tracking_uri=exact_run.summary["tracking_uri"],
+            dst_path=str(exact_run.workdir / "downloaded"),
+        ))
+        assert local.read_bytes().startswith(b"\x89PNG"), path
+
+
+@pytest.mark.timeout(1200)
+def test_bytes_are_counted_on_every_link_of_the_hierarchy(exact_run: Run) -> None:
+    summary = exact_run.summary
+    rounds = summary["rounds_completed"]
+    assert summary["bytes_total"] == BYTES_PER_GLOBAL_ROUND * rounds, summary
+    assert summary["bytes_to_root"] == 2 * MODEL_BYTES * rounds, summary
+    assert summary["comm_cost"] == pytest.approx(summary["bytes_total"] / 1e6)
+    for name in ("a", "b"):
+        cluster = summary["clusters"][name]
+        assert cluster["bytes_to_root"] == cluster["bytes_from_root"] == MODEL_BYTES * rounds, cluster
+        per_link = 2 * LOCAL_ROUNDS * MODEL_BYTES * rounds  # 2 learners, one model each way per local round
+        assert cluster["bytes_learners_to_cluster"] == cluster["bytes_cluster_to_learners"] == per_link, cluster
+
+
+@pytest.mark.timeout(1200)
+def test_comm_budget_stops_the_run_cleanly_before_it_is_exceeded(exact_run: Run) -> None:
+    summary = exact_run.summary
+    assert exact_run.result.returncode == 0
+    assert summary["status"] == "FINISHED", summary
+    assert summary["rounds_completed"] == 1 < GLOBAL_ROUNDS, summary
+    assert summary["comm_cost"] <= COMM_BUDGET, summary
+    assert "budget" in summary["stopped_early"], summary
+    assert summary["model_uri"], summary
+    state = run_state(exact_run.workdir, summary["run_id"])
+    assert (state["status"], state["phase"]) == ("FINISHED", "done"), state
+    assert exact_run.client.get_run(exact_run.mlflow_run_id).info.status == "FINISHED"
+    assert_no_process_left(summary["run_id"], grace_s=0)
+
+
+# --- the example: hierarchical against flat, same learner work ---
+
+TRAINING_FLAGS = ("--epochs", "1", "--batch-size", "32", "--lr", "0.005", "--round-timeout", "600")
+
+
+@dataclass
+class CnnRuns:
+    hierarchical: Run
+    flat: Run
+
+
+@pytest.fixture(scope="module")
+def cnn_runs(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> CnnRuns:
+    runs = {}
+    for kind, shape in (("hierarchical", ("--learners", "4", "--clusters", "2", "--rounds", "3", "--local-rounds", "2")),
+                        ("flat", ("--learners", "4", "--rounds", "6"))):
+        workdir = tmp_path_factory.mktemp(f"hfl-cnn-{kind}")
+        result = run_flops("submit", example_repo.as_uri(), *shape, *TRAINING_FLAGS, "--workdir", str(workdir),
+                           "--json", timeout_s=1500)
+        assert result.returncode == 0, f"{kind} run failed:\n{result.output}"
+        runs[kind] = Run(workdir, result, result.last_json())
+    return CnnRuns(**runs)
+
+
+@pytest.mark.timeout(2400)
+def test_hierarchical_example_matches_flat_accuracy_with_a_fraction_of_the_bytes_to_root(cnn_runs: CnnRuns) -> None:
+    hfl, flat = cnn_runs.hierarchical.summary, cnn_runs.flat.summary
+    assert (hfl["status"], hfl["rounds_completed"]) == ("FINISHED", 3), hfl
+    assert (flat["status"], flat["rounds_completed"]) == ("FINISHED", 6), flat
+    hfl_acc, flat_acc = hfl["final_metrics"]["accuracy"], flat["final_metrics"]["accuracy"]
+    assert abs(hfl_acc - flat_acc) <= 0.03, (hfl_acc, flat_acc)
+    # 3 global rounds x 2 cluster models vs 6 rounds x 4 learner models: a quarter of the uploads.
+    assert 0 < hfl["bytes_to_root"] <= 0.3 * flat["bytes_to_root"], (hfl["bytes_to_root"], flat["bytes_to_root"])
+
+
+@pytest.mark.timeout(2400)
+def test_hierarchical_json_breaks_bytes_down_per_cluster(cnn_runs: CnnRuns) -> None:
+    hfl = cnn_runs.hierarchical.summary
+    assert sorted(hfl["clusters"]) == ["cluster-0", "cluster-1"], hfl["clusters"]
+    keys = ("bytes_to_root", "bytes_from_root", "bytes_learners_to_cluster", "bytes_cluster_to_learners")
+    for name, cluster in hfl["clusters"].items():
+        for key in keys:
+            assert cluster.get(key, 0) > 0, (name, key, cluster)
+    assert hfl["bytes_total"] == sum(c[k] for c in hfl["clusters"].values() for k in keys), hfl
+    assert hfl["bytes_to_root"] == sum(c["bytes_to_root"] for c in hfl["clusters"].values()), hfl
+    # Learner traffic stays in the clusters: far more bytes move there than to the root.
+    assert hfl["bytes_total"] > 2 * hfl["bytes_to_root"]
+
+
+@pytest.mark.timeout(2400)
+def test_hierarchical_example_prints_the_chosen_assignment(cnn_runs: CnnRuns) -> None:
+    lines = [line for line in cnn_runs.hierarchical.result.stderr.splitlines() if line.startswith("cluster cluster-")]
+    assert [line.split(":")[0] for line in lines] == ["cluster cluster-0", "cluster cluster-1"], lines
+    placed = sorted(name.strip() for line in lines for name in line.split(":", 1)[1].split(","))
+    assert placed == [f"learner-{i}" for i in range(4)], lines
+
+
+@pytest.mark.timeout(2400)
+def test_both_example_runs_exit_cleanly_and_leave_no_process(cnn_runs: CnnRuns) -> None:
+    for run in (cnn_runs.hierarchical, cnn_runs.flat):
+        assert run.result.returncode == 0
+        assert "Traceback" not in run.result.output, run.result.output
+        assert_no_process_left(run.summary["run_id"], grace_s=0)
