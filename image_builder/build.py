@@ -66,7 +66,7 @@ def _build(spec: BuildSpec, runner: ToolRunner, report: _Reporter, started: floa
     tag = spec.tag or image_tag(spec, base.digests, tree_hash(spec.context_dir), flops_version)
     target = f"{spec.registry}/{spec.name}:{tag}" if spec.registry else None
 
-    if target and not spec.no_cache:
+    if target and not spec.no_cache and not spec.output:  # an archive asked for is always written
         report("step", "look up", target)
         code, raw = runner.run(cmd.skopeo_inspect_raw(target, spec.tls_verify), quiet=True, check=False)
         report("done", "look up", "found: nothing to build" if code == 0 else "not found")

@@ -1,0 +1,126 @@
+"""The docker orchestrator with a real dockerd and a real FLOps image: a flat federation trains and is torn down."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cli.build import app_requirements, augmented_app
+from flops.config import RunConfig
+from flops.errors import DeployError
+from flops.flower_control import FlowerControl
+from flops.orchestrators.docker import RUN_LABEL, DockerOrchestrator
+from flops.plan import LearnerSpec, RunPlan
+from flops.submission import root_overrides
+from image_builder import build_image
+from image_builder.flower_app import flower_app_spec
+
+from containers.support import BASE, CONSTRAINTS, FIND_LINKS, HERE, REGISTRY, require_containers
+
+pytestmark = pytest.mark.slow
+
+
+def docker_missing() -> str | None:
+    try:
+        import docker
+
+        docker.from_env().ping()
+    except Exception as exc:
+        return f"no Docker daemon ({exc}): run .ci/setup-containers.sh"
+    return None
+
+
+@pytest.fixture(scope="module")
+def app_and_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The tiny task, augmented by FLOps, and its amd64 image in the local registry."""
+    require_containers(docker_missing())
+    work = tmp_path_factory.mktemp("docker-app")
+    repo = work / "tiny"
+    shutil.copytree(HERE / "tiny_task", repo)
+    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x"]):
+        subprocess.run(["git", *args], cwd=repo, check=True)
+    os.environ.setdefault("FLOPS_CACHE_DIR", str(work / "cache"))
+    app_dir, app = augmented_app(str(repo), None, None, work)
+    spec = flower_app_spec(app_dir, name="flops-test/docker-orchestrator", requirements=app_requirements(app["deps"]),
+                           platforms=["linux/amd64"], registry=REGISTRY, base_image=BASE, tls_verify=False,
+                           pip_find_links=FIND_LINKS, platform_constraints=CONSTRAINTS)
+    return app_dir, build_image(spec).image
+
+
+def make_plan(tmp_path: Path, app_dir: Path, learners: int = 2) -> RunPlan:
+    run_id = f"rtest-{uuid.uuid4().hex[:6]}"
+    config = RunConfig(rounds=1, learners=learners)
+    return RunPlan(
+        run_id=run_id, run_dir=tmp_path / run_id, source_url="test", source_ref=None, commit="0" * 40,
+        source_name="tiny", app_dir=app_dir, python=Path("/usr/bin/python3"), config=config,
+        orchestrator="docker", tracking_uri="", task_module="task", dependencies=["torch"],
+        learners=[LearnerSpec(name=f"learner-{i}", partition_id=i, num_partitions=learners) for i in range(learners)],
+    )
+
+
+def labelled(run_id: str) -> list:
+    import docker
+
+    return docker.from_env().containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
+
+
+def test_a_flat_federation_trains_in_containers_and_stop_removes_them(
+    app_and_image: tuple[Path, str], tmp_path: Path
+) -> None:
+    app_dir, image = app_and_image
+    plan = make_plan(tmp_path, app_dir)
+    orchestrator = DockerOrchestrator(image=image)
+    deployment = orchestrator.deploy(plan)
+    try:
+        assert set(orchestrator.status(deployment).values()) == {True}
+        containers = labelled(plan.run_id)
+        assert len(containers) == 3
+        assert all(c.attrs["HostConfig"]["NetworkMode"] == "host" for c in containers)
+        control = FlowerControl(deployment.control_address)
+        try:
+            flower_run = control.start_run(plan.app_dir, {**root_overrides(plan), "num-server-rounds": 1})
+            deadline = time.monotonic() + 600
+            status = control.run_status(flower_run)
+            while not status.finished and time.monotonic() < deadline:
+                time.sleep(1)
+                status = control.run_status(flower_run)
+        finally:
+            control.close()
+        assert status.completed, (status, orchestrator.logs(deployment, "superlink").read_text()[-3000:])
+        assert plan.events_path.exists()
+    finally:
+        orchestrator.stop(deployment)
+    assert labelled(plan.run_id) == []
+    assert "learner" in " ".join(c.name for c in deployment.components)
+    assert orchestrator.logs(deployment, "learner-0").read_text()
+    orchestrator.stop(deployment)  # twice is fine
+
+
+class SuperLinkWithUnknownRole(DockerOrchestrator):
+    """Starts the SuperLink container with a role the entrypoint rejects (exit 2): a component dying at start."""
+
+    def _run(self, plan, record, role, args):  # type: ignore[no-untyped-def]
+        return super()._run(plan, record, "no-such-role" if record.name == "superlink" else role, args)
+
+
+def test_a_component_that_dies_at_start_is_reported_and_nothing_is_left(
+    app_and_image: tuple[Path, str], tmp_path: Path
+) -> None:
+    app_dir, image = app_and_image
+    plan = make_plan(tmp_path, app_dir)
+    with pytest.raises(DeployError, match="superlink exited with code 2 while starting: .*unknown role"):
+        SuperLinkWithUnknownRole(image=image).deploy(plan)
+    assert labelled(plan.run_id) == []
+
+
+def test_no_image_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLOPS_IMAGE", raising=False)
+    plan = make_plan(tmp_path, tmp_path)
+    with pytest.raises(DeployError, match="flops build"):
+        DockerOrchestrator(client=object()).deploy(plan)
