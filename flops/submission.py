@@ -62,7 +62,7 @@ def prepare_run(
     run_dir = runs_dir(workdir) / run_id
     state = RunState(run_id=run_id, run_dir=run_dir, rounds=config.rounds, tracking_uri=tracking_uri,
                      started_at=time.time())
-    run_dir.mkdir(parents=True)
+    (run_dir / "logs").mkdir(parents=True)
     try:
         return _prepare(source, ref, config, topology, workdir, orchestrator, tracking_uri, state, progress)
     except BaseException as exc:

@@ -121,11 +121,6 @@ def test_registered_model_loads_and_predicts_digits(example_run: ExampleRun, mon
     assert (predictions.argmax(axis=1) == load_digits().target[:16]).mean() >= 0.7
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: with a cached environment no logs/ dir exists yet, so `submit --detach` dies with "
-    "FileNotFoundError on logs/controller.log (cli/runs.py _start_detached); remove this marker with the fix",
-)
 def test_second_submit_of_the_same_repo_reuses_the_cached_environment(example_run: ExampleRun) -> None:
     envs = [p for p in (example_run.workdir / "cache" / "envs").iterdir() if p.is_dir()]
     assert len(envs) == 1, envs
