@@ -17,8 +17,8 @@ from flops.errors import BadInputError
 from flops.orchestrators import ORCHESTRATORS
 from flops.plan import RunPlan
 from flops.runstate import RunState, latest_run_id, list_states, load_state
-from flops.submission import execute_run, prepare_run, stop_run
-from flops.tracking import default_tracking_uri
+
+# flops.submission pulls in MLflow (seconds of imports): loaded by the commands that run or stop runs only.
 
 EXIT_CODES = {"FINISHED": 0, "FAILED": 1, "STOPPED": 1}
 
@@ -70,6 +70,9 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
                    round_timeout: float | None, orchestrator: str, tracking_uri: str | None, workdir: Path,
                    as_json: bool, detach: bool) -> None:
     """Fetch SOURCE (git URL or path), check it, and run it as a federation tracked in MLflow."""
+    from flops.submission import execute_run, prepare_run
+    from flops.tracking import default_tracking_uri
+
     config = load_config(config_file, {
         "rounds": rounds, "learners": learners, "training.local_epochs": epochs,
         "training.batch_size": batch_size, "training.learning_rate": lr, "round_timeout_s": round_timeout,
@@ -97,9 +100,11 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
 
 def _start_detached(plan: RunPlan) -> None:
     """Run the controller in its own session; it survives this shell and writes state.json as it goes."""
-    log = open(plan.logs_dir / "controller.log", "ab")  # noqa: SIM115 - handed to the child
-    subprocess.Popen([sys.executable, "-m", "cli.main", "_execute", str(plan.run_dir)], stdout=log, stderr=log,
-                     stdin=subprocess.DEVNULL, start_new_session=True)
+    with open(plan.logs_dir / "controller.log", "ab") as log:
+        controller = subprocess.Popen([sys.executable, "-m", "cli.main", "_execute", str(plan.run_dir)],
+                                      stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+    # Recorded at once, so a `flops stop` right after this finds the controller to signal.
+    load_state(plan.run_dir.parent.parent, plan.run_id).update(controller_pid=controller.pid)
 
 
 @click.command("_execute", hidden=True)
@@ -107,6 +112,8 @@ def _start_detached(plan: RunPlan) -> None:
 @reports_errors
 def execute_command(run_dir: Path) -> None:
     """Internal: the controller of a detached run."""
+    from flops.submission import execute_run
+
     state = execute_run(RunPlan.load(run_dir), make_progress(quiet=True))
     sys.exit(EXIT_CODES[state.status])
 
@@ -174,6 +181,8 @@ def logs_command(run_id: str, component: str, follow: bool, workdir: Path) -> No
 @reports_errors
 def stop_command(run_id: str, workdir: Path) -> None:
     """Stop a run and everything it started."""
+    from flops.submission import stop_run
+
     state = stop_run(workdir, run_id)
     click.echo(f"run {run_id}: {state.status}")
 
@@ -184,6 +193,8 @@ def stop_command(run_id: str, workdir: Path) -> None:
 @workdir_option
 def ui_command(port: int, tracking_uri: str | None, workdir: Path) -> None:
     """Open the MLflow UI on the same store `flops submit` writes."""
+    from flops.tracking import default_tracking_uri
+
     uri = tracking_uri or default_tracking_uri(workdir.resolve())
     argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
             "--port", str(port)]

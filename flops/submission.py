@@ -134,10 +134,14 @@ def _raise_stop(signum: int, _frame: Any) -> None:
 def execute_run(plan: RunPlan, progress: Progress | None = None) -> RunState:
     """Deploy, train, track, and tear down. Always returns the final state; never leaves processes."""
     progress = progress or _Silent()
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     state = load_state(plan.run_dir.parent.parent, plan.run_id)
+    if state.status in TERMINAL:  # stopped between `submit --detach` and this controller starting
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        return state
     state.update(status="RUNNING", phase="deploying", controller_pid=os.getpid())
     progress.phase(state)
-    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     orchestrator = get_orchestrator(plan.orchestrator)
     # The embedded store keeps artifacts beside it; a tracking server decides where its artifacts go.
     embedded = plan.tracking_uri.startswith("sqlite:")
@@ -328,9 +332,12 @@ def stop_run(workdir: Path, run_id: str, wait_s: float = 30.0) -> RunState:
                 state = load_state(workdir, run_id)
                 if state.status in TERMINAL:
                     return state
+                os.kill(state.controller_pid, 0)  # ProcessLookupError once the controller is gone
                 time.sleep(0.2)
         except ProcessLookupError:
-            pass
+            state = load_state(workdir, run_id)
+            if state.status in TERMINAL:
+                return state
     if state.deployment is not None:
         get_orchestrator(state.deployment.orchestrator).stop(state.deployment)
     return state.update(status="STOPPED", phase="done", message="stopped by request", ended_at=time.time())
