@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -17,7 +15,7 @@ from flops.errors import BuildError, ToolError
 from image_builder import commands as cmd
 from image_builder.base_image import resolve_base
 from image_builder.dependencies import install_dependencies
-from image_builder.keys import image_tag, runtime_key, tree_hash
+from image_builder.keys import code_files, image_tag, runtime_key, tree_hash
 from image_builder.manifests import archive_manifests, registry_manifests
 from image_builder.spec import BuildResult, BuildSpec, ProgressCallback, ProgressEvent
 from image_builder.tools import ToolRunner
@@ -81,7 +79,7 @@ def _build(spec: BuildSpec, runner: ToolRunner, report: _Reporter, started: floa
                 spec, platform, base.refs[platform], base.digests[platform], runner, report, Path(tmp)
             )
             runtime_image = _runtime_layer(spec, platform, deps_image, runner, report, Path(tmp))
-            return _code_layer(spec, platform, runtime_image, tag, runner, report), was_emulated
+            return _code_layer(spec, platform, runtime_image, tag, runner, report, Path(tmp)), was_emulated
 
         # Platforms build side by side: one resolves and downloads while the other copies and commits.
         with ThreadPoolExecutor(max_workers=len(spec.platforms)) as pool:
@@ -122,13 +120,14 @@ def _runtime_layer(
 
 
 def _code_layer(
-    spec: BuildSpec, platform: str, runtime_image: str, tag: str, runner: ToolRunner, report: _Reporter
+    spec: BuildSpec, platform: str, runtime_image: str, tag: str, runner: ToolRunner, report: _Reporter, tmp: Path
 ) -> str:
     """The user's code last, so a code change rebuilds this layer only; labels go on here too."""
     report("step", "code layer", str(spec.context_dir), platform)
     image = f"{LOCAL_PREFIX}/{spec.name}:{tag}-{platform.split('/')[1]}"
     container = runner.run(cmd.buildah_from(runtime_image, pull="never"), quiet=True)[1].strip()
-    runner.run(cmd.buildah_copy(container, spec.context_dir, spec.workdir), quiet=True)
+    runner.run(cmd.buildah_copy(container, _stage_code(spec.context_dir, tmp / f"code-{platform.split('/')[1]}"),
+                                spec.workdir), quiet=True)
     labels = {
         "org.opencontainers.image.created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "io.flops.version": flops_version,
@@ -138,6 +137,17 @@ def _code_layer(
     runner.run(cmd.buildah_commit(container, image), quiet=True)
     report("done", "code layer", image, platform)
     return image
+
+
+def _stage_code(context_dir: Path, stage: Path) -> Path:
+    """Exactly the files the tag hashes (no VCS data, no bytecode caches), copied to a staging folder."""
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    for path in code_files(context_dir):
+        dest = stage / path.relative_to(context_dir)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dest)
+    return stage
 
 
 def _publish(
@@ -193,11 +203,3 @@ def _result(
         dependency_layer=found["dependency_layer"],
         emulated=emulated,
     )
-
-
-def manifest_digest(raw: str | bytes) -> str:
-    data = raw.encode() if isinstance(raw, str) else raw
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-__all__ = ["build_image", "manifest_digest", "json"]

@@ -221,3 +221,17 @@ def test_a_missing_tool_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) 
             tools.tool_path("skopeo")
     finally:
         tools.tool_path.cache_clear()
+
+
+def test_the_code_layer_holds_exactly_the_hashed_files(tmp_path: Path) -> None:
+    from image_builder.build import _stage_code
+
+    code = tmp_path / "code"
+    (code / "pkg" / "__pycache__").mkdir(parents=True)
+    (code / ".git").mkdir()
+    (code / "pkg" / "task.py").write_text("x = 1\n")
+    (code / "pkg" / "__pycache__" / "task.cpython-311.pyc").write_bytes(b"junk")
+    (code / ".git" / "HEAD").write_text("ref")
+    stage = _stage_code(code, tmp_path / "stage")
+    assert sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file()) == ["pkg/task.py"]
+    assert tree_hash(stage) == tree_hash(code)
