@@ -62,6 +62,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     rps: float
+    cpu_ms_per_request: float  # server process tree's CPU time per request: robust to other load on the machine
 
 
 def log_model(workdir: Path) -> tuple[str, str, np.ndarray]:
@@ -157,14 +158,34 @@ def http_post(path: str, body: bytes) -> bytes:
     ).encode() + body
 
 
-def measure(server: str, port: int, path: str, inputs: np.ndarray, total: int, concurrency: int) -> Result:
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of `pid` and all its descendants (mlflow serves from a uvicorn grandchild)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def measure(
+    server: str, pid: int, port: int, path: str, inputs: np.ndarray, total: int, concurrency: int
+) -> Result:
     request = http_post(path, json.dumps({"inputs": inputs.tolist()}).encode())
     asyncio.run(_load(port, request, min(200, total), concurrency))  # warm-up, not counted
+    cpu_before = tree_cpu_seconds(pid)
     latencies, errors, elapsed = asyncio.run(_load(port, request, total, concurrency))
+    cpu = tree_cpu_seconds(pid) - cpu_before
     ms = np.asarray(latencies) * 1000
     return Result(
         server, len(inputs), concurrency, total, len(errors),
-        float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), total / elapsed,
+        float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), total / elapsed, cpu * 1000 / total,
     )
 
 
@@ -231,11 +252,15 @@ def main() -> int:
             for round_index in range(args.rounds):
                 for rows in args.rows:
                     for concurrency in args.concurrency:
-                        for name, port, path in (("flops", ours_port, "/predict"), ("mlflow", mlflow_port, "/invocations")):
-                            r = measure(name, port, path, images[:rows], args.requests, concurrency)
+                        for name, pid, port, path in (
+                            ("flops", ours.pid, ours_port, "/predict"),
+                            ("mlflow", theirs.pid, mlflow_port, "/invocations"),
+                        ):
+                            r = measure(name, pid, port, path, images[:rows], args.requests, concurrency)
                             rounds.append(r)
                             print(f"  round {round_index + 1} {name:6} rows={rows:<3} c={concurrency:<3} "
-                                  f"p50={r.p50_ms:.2f}ms p99={r.p99_ms:.2f}ms {r.rps:.0f} req/s errors={r.errors}",
+                                  f"p50={r.p50_ms:.2f}ms p99={r.p99_ms:.2f}ms {r.rps:.0f} req/s "
+                                  f"cpu={r.cpu_ms_per_request:.2f}ms/req errors={r.errors}",
                                   flush=True)
             print(f"load average after: {os.getloadavg()}", flush=True)
             results = median_of_rounds(rounds)
@@ -258,7 +283,7 @@ def median_of_rounds(rounds: list[Result]) -> list[Result]:
         Result(
             server, rows, concurrency, sum(r.requests for r in group), sum(r.errors for r in group),
             float(np.median([r.p50_ms for r in group])), float(np.median([r.p99_ms for r in group])),
-            float(np.median([r.rps for r in group])),
+            float(np.median([r.rps for r in group])), float(np.median([r.cpu_ms_per_request for r in group])),
         )
         for (server, rows, concurrency), group in grouped.items()
     ]
@@ -316,7 +341,8 @@ def image_sizes(workdir: Path, tracking_uri: str, model_uri: str, mlflow_model_d
 def print_table(results: list[Result]) -> None:
     print(f"\nmachine: {machine()}")
     print(f"{'rows':>4} {'conc':>4} | {'flops p50':>9} {'mlflow p50':>10} {'ratio':>6} | {'flops p99':>9} "
-          f"{'mlflow p99':>10} | {'flops rps':>9} {'mlflow rps':>10} {'ratio':>6}")
+          f"{'mlflow p99':>10} | {'flops rps':>9} {'mlflow rps':>10} {'ratio':>6} | {'cpu/req':>7} {'mlflow':>7} "
+          f"{'ratio':>6}")
     by_key = {(r.server, r.rows, r.concurrency): r for r in results}
     for (server, rows, concurrency), ours in by_key.items():
         if server != "flops":
@@ -324,7 +350,9 @@ def print_table(results: list[Result]) -> None:
         theirs = by_key[("mlflow", rows, concurrency)]
         print(f"{rows:>4} {concurrency:>4} | {ours.p50_ms:>7.2f}ms {theirs.p50_ms:>8.2f}ms "
               f"{ours.p50_ms / theirs.p50_ms:>5.2f}x | {ours.p99_ms:>7.2f}ms {theirs.p99_ms:>8.2f}ms | "
-              f"{ours.rps:>9.0f} {theirs.rps:>10.0f} {ours.rps / theirs.rps:>5.2f}x")
+              f"{ours.rps:>9.0f} {theirs.rps:>10.0f} {ours.rps / theirs.rps:>5.2f}x | "
+              f"{ours.cpu_ms_per_request:>5.2f}ms {theirs.cpu_ms_per_request:>5.2f}ms "
+              f"{ours.cpu_ms_per_request / theirs.cpu_ms_per_request:>5.2f}x")
 
 
 def machine() -> str:
