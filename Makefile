@@ -24,7 +24,7 @@ demo: install
 
 # Install everything the tests need, then run the whole suite (real processes, registry, buildah).
 test: install containers
-	$(FLOPS_VENV)/bin/pytest -p no:cacheprovider -ra --basetemp=$(CURDIR)/.pytest-tmp
+	$(FLOPS_VENV)/bin/pytest -p no:cacheprovider -ra --basetemp=/tmp/flops-pytest
 
 test-fast: install
 	$(FLOPS_VENV)/bin/pytest -p no:cacheprovider -ra tests/unit
