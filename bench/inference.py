@@ -244,7 +244,8 @@ def main() -> int:
             wait_http_200(f"http://127.0.0.1:{ours_port}/ready", ours)
             wait_http_200(f"http://127.0.0.1:{mlflow_port}/ping", theirs)
             ours_out = np.asarray(post_json(ours_port, "/predict", images[:64])["predictions"], dtype=np.float32)
-            theirs_out = np.asarray(post_json(mlflow_port, "/invocations", images[:64])["predictions"], dtype=np.float32)
+            theirs_json = post_json(mlflow_port, "/invocations", images[:64])
+            theirs_out = np.asarray(theirs_json["predictions"], dtype=np.float32)
             print(f"identical float32 predictions on 64 rows: {bool((ours_out == theirs_out).all())}", flush=True)
             print(f"load average before: {os.getloadavg()}", flush=True)
             rounds: list[Result] = []

@@ -38,7 +38,9 @@ tracking_option = click.option(
 @click.option("--classifier/--no-classifier", default=None, help="Add argmax labels (default: from the output shape)")
 @click.option("--json", "as_json", is_flag=True, help="Print the bundle metadata as JSON")
 @reports_errors
-def bundle_command(model_ref: str, dest: Path, tracking_uri: str | None, classifier: bool | None, as_json: bool) -> None:
+def bundle_command(
+    model_ref: str, dest: Path, tracking_uri: str | None, classifier: bool | None, as_json: bool
+) -> None:
     """Export a logged model into DEST: weights, code and metadata that the server loads without MLflow."""
     from inference.export import export_bundle
 

@@ -34,7 +34,10 @@ class ServerMetrics:
             registry=self.registry,
         )
         self.batch_rows = Histogram(
-            "flops_inference_batch_rows", "Rows per accepted /predict request", buckets=_ROW_BUCKETS, registry=self.registry
+            "flops_inference_batch_rows",
+            "Rows per accepted /predict request",
+            buckets=_ROW_BUCKETS,
+            registry=self.registry,
         )
         self.model_seconds = Histogram(
             "flops_inference_model_duration_seconds",

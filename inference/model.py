@@ -44,7 +44,8 @@ _EXPORT_HOOK_OWNERS = ("_check_input_constraints_pre_hook", "_create_stateful_gr
 def _fast_forward(module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """module.forward when the only hooks are torch.export's own input checks, else the full module call."""
     hooks = [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]
-    if not hooks or not all(any(owner in getattr(h, "__qualname__", "") for owner in _EXPORT_HOOK_OWNERS) for h in hooks):
+    owned_by_export = (any(owner in getattr(h, "__qualname__", "") for owner in _EXPORT_HOOK_OWNERS) for h in hooks)
+    if not hooks or not all(owned_by_export):
         return module
     if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
         return module

@@ -79,7 +79,7 @@ def _batch_of(document: Any) -> list[Any]:
 
 def _check_shape(raw: np.ndarray, schema: TensorSchema) -> None:
     if raw.dtype == object or raw.ndim != len(schema.shape) or any(
-        expected not in (-1, actual) for expected, actual in zip(schema.shape, raw.shape)
+        expected not in (-1, actual) for expected, actual in zip(schema.shape, raw.shape, strict=True)
     ):
         got = "a ragged or mixed-type list" if raw.dtype == object else f"shape {_shape_text(list(raw.shape))}"
         raise RequestRejected(422, f"inputs must have shape {_shape_text(schema.shape)}, got {got}")

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -47,7 +46,9 @@ def built(logged: LoggedModel, tmp_path_factory: pytest.TempPathFactory) -> Buil
 
 
 def skopeo_json(*args: str) -> dict:
-    done = subprocess.run(["skopeo", "inspect", "--tls-verify=false", *args], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", *args], capture_output=True, text=True, check=True
+    )
     return json.loads(done.stdout)
 
 
