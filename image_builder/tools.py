@@ -95,6 +95,7 @@ class ToolRunner:
         except OSError as exc:
             raise ToolError(tool, f"cannot start: {exc}") from exc
         tail: collections.deque[str] = collections.deque(maxlen=LAST_LINES)
+        stderr_tail: collections.deque[str] = collections.deque(maxlen=1)
         stdout_chunks: list[str] = []
 
         def pump_stderr() -> None:
@@ -102,6 +103,8 @@ class ToolRunner:
             for raw in proc.stderr:
                 line = raw.rstrip("\n")
                 tail.append(line)
+                if line.strip():
+                    stderr_tail.append(line)
                 self._emit(line, quiet)
 
         reader = threading.Thread(target=pump_stderr, daemon=True)
@@ -117,6 +120,7 @@ class ToolRunner:
         self._emit(f"# exit {code} after {time.monotonic() - started:.1f} s", quiet=True)
         if code != 0 and check:
             output = "\n".join(tail)
-            last = next((ln for ln in reversed(tail) if ln.strip()), "")
+            # Tools report errors on stderr; the two streams interleave in no fixed order.
+            last = stderr_tail[-1] if stderr_tail else next((ln for ln in reversed(tail) if ln.strip()), "")
             raise ToolError(tool, f"`{' '.join(args[:3])} ...` exited with {code}: {last}", output)
         return code, "".join(stdout_chunks)
