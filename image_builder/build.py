@@ -164,6 +164,7 @@ def _publish(
 ) -> BuildResult:
     """One manifest list over the per-platform images, pushed to the registry and/or written as OCI archive."""
     list_name = f"{LOCAL_PREFIX}/{spec.name}:{tag}"
+    runner.run(cmd.buildah_manifest_rm(list_name), quiet=True, check=False)
     runner.run(cmd.buildah_rm_images(list_name), quiet=True, check=False)
     runner.run(cmd.buildah_manifest_create(list_name), quiet=True)
     for platform in spec.platforms:

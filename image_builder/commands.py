@@ -78,6 +78,11 @@ def buildah_manifest_create(list_name: str) -> list[str]:
     return ["buildah", "manifest", "create", list_name]
 
 
+def buildah_manifest_rm(list_name: str) -> list[str]:
+    """Drop a manifest list left by an earlier build of the same tag (`buildah rmi` does not find lists)."""
+    return ["buildah", "manifest", "rm", list_name]
+
+
 def buildah_manifest_add(list_name: str, image: str) -> list[str]:
     return ["buildah", "manifest", "add", list_name, f"containers-storage:{image}"]
 
