@@ -30,7 +30,7 @@ done
 if ((${#need[@]})); then
   echo "   installing: ${need[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
     "${need[@]}" uidmap ca-certificates >"$LOG_DIR/apt.log" 2>&1 || { tail -20 "$LOG_DIR/apt.log"; exit 1; }
 fi
 # The packaged registry service wants htpasswd auth; ours runs on loopback with its own config instead.
