@@ -10,20 +10,40 @@ from pathlib import Path
 import click
 
 from cli.errors import reports_errors
+from cli.options import workdir_option
 from inference.settings import DEFAULT_PORT
 
 _MLFLOW_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def resolve_model_ref(ref: str) -> str:
-    """MODEL_URI (models:/, runs:/, a model dir) as given; a bare MLflow run id becomes runs:/<id>/model.
-
-    The FLOps RUN_ID -> model URI lookup belongs to the core's tracking step; until it exists a run is
-    named by its MLflow run id, the id the run's model was logged under.
-    """
+    """MODEL_URI (models:/, runs:/, a model dir) as given; a bare MLflow run id becomes runs:/<id>/model."""
     if ":/" in ref or Path(ref).is_dir() or not _MLFLOW_RUN_ID.match(ref):
         return ref
     return f"runs:/{ref}/model"
+
+
+def resolve_model(ref: str, tracking_uri: str | None, workdir: Path) -> tuple[str, str | None]:
+    """(model URI, tracking URI) for a FLOps RUN_ID in `workdir`, an MLflow run id, or a model URI or dir.
+
+    A FLOps run names the model it registered and the store it used; otherwise the store is --tracking-uri,
+    else the embedded one in `workdir`.
+    """
+    from flops.errors import BadInputError
+    from flops.runstate import load_state, runs_dir
+    from flops.tracking import default_tracking_uri
+
+    if Path(ref).is_dir():
+        return ref, tracking_uri  # a model directory carries everything; provenance only from a named store
+    if ":/" not in ref and (runs_dir(workdir) / ref / "state.json").is_file():
+        state = load_state(workdir, ref)
+        if not state.model_uri:
+            raise BadInputError(
+                f"run {ref} has no registered model (status {state.status}, phase {state.phase});"
+                " a run registers its model when it completes"
+            )
+        return state.model_uri, tracking_uri or state.tracking_uri or default_tracking_uri(workdir)
+    return resolve_model_ref(ref), tracking_uri or default_tracking_uri(workdir)
 
 
 tracking_option = click.option(
@@ -35,16 +55,18 @@ tracking_option = click.option(
 @click.argument("model_ref", metavar="RUN_ID|MODEL_URI")
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
 @tracking_option
+@workdir_option
 @click.option("--classifier/--no-classifier", default=None, help="Add argmax labels (default: from the output shape)")
 @click.option("--json", "as_json", is_flag=True, help="Print the bundle metadata as JSON")
 @reports_errors
 def bundle_command(
-    model_ref: str, dest: Path, tracking_uri: str | None, classifier: bool | None, as_json: bool
+    model_ref: str, dest: Path, tracking_uri: str | None, workdir: Path, classifier: bool | None, as_json: bool
 ) -> None:
     """Export a logged model into DEST: weights, code and metadata that the server loads without MLflow."""
     from inference.export import export_bundle
 
-    metadata = export_bundle(resolve_model_ref(model_ref), dest, tracking_uri=tracking_uri, classifier=classifier)
+    model_uri, tracking_uri = resolve_model(model_ref, tracking_uri, workdir)
+    metadata = export_bundle(model_uri, dest, tracking_uri=tracking_uri, classifier=classifier)
     if as_json:
         click.echo(metadata.model_dump_json(indent=2))
     else:
@@ -54,6 +76,7 @@ def bundle_command(
 @click.command("serve")
 @click.argument("model_ref", metavar="RUN_ID|MODEL_URI|IMAGE")
 @tracking_option
+@workdir_option
 @click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on")
 @click.option("--image", is_flag=True, help="MODEL_REF is an image from `flops package`: run it with podman or docker")
@@ -62,8 +85,8 @@ def bundle_command(
 @click.option("--run-arg", "run_args", multiple=True, help="With --image: extra argument for `podman/docker run`")
 @reports_errors
 def serve_command(
-    model_ref: str, tracking_uri: str | None, port: int, host: str, image: bool, max_request_bytes: int | None,
-    platform: str | None, run_args: tuple[str, ...],
+    model_ref: str, tracking_uri: str | None, workdir: Path, port: int, host: str, image: bool,
+    max_request_bytes: int | None, platform: str | None, run_args: tuple[str, ...],
 ) -> None:
     """Serve a model over HTTP (POST /predict, /health, /ready, /metadata, /metrics, /docs) until Ctrl-C."""
     from inference import launch
@@ -77,7 +100,8 @@ def serve_command(
     extra_env = {"FLOPS_MAX_REQUEST_BYTES": str(max_request_bytes)} if max_request_bytes else {}
     with tempfile.TemporaryDirectory(prefix="flops-serve-") as tmp:
         bundle_dir = Path(tmp) / "bundle"
-        metadata = export_bundle(resolve_model_ref(model_ref), bundle_dir, tracking_uri=tracking_uri)
+        model_uri, tracking_uri = resolve_model(model_ref, tracking_uri, workdir)
+        metadata = export_bundle(model_uri, bundle_dir, tracking_uri=tracking_uri)
         click.echo(f"serving {metadata.display_name} on http://{host}:{port} (docs at /docs)", err=True)
         process = launch.start_local_server(bundle_dir, port, host, extra_env)
         code = launch.run_in_foreground(process)
@@ -88,6 +112,7 @@ def serve_command(
 @click.command("package")
 @click.argument("model_ref", metavar="RUN_ID|MODEL_URI")
 @tracking_option
+@workdir_option
 @click.option("--platform", "platforms", default="linux/amd64,linux/arm64", show_default=True,
               help="Comma-separated target platforms.")
 @click.option("--registry", default=None, help="HOST[:PORT] to push the manifest list to.")
@@ -105,7 +130,7 @@ def serve_command(
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line of stdout.")
 @reports_errors
 def package_command(
-    model_ref: str, tracking_uri: str | None, platforms: str, registry: str | None, name: str | None,
+    model_ref: str, tracking_uri: str | None, workdir: Path, platforms: str, registry: str | None, name: str | None,
     base_image: str | None, pip_index_url: str | None, pip_extra_index_urls: tuple[str, ...],
     pip_find_links: tuple[str, ...], platform_constraints: tuple[str, ...], classifier: bool | None,
     no_cache: bool, output: str | None, tls_verify: bool, as_json: bool,
@@ -123,8 +148,8 @@ def package_command(
     constraints = parse_platform_constraints(platform_constraints, platform_list)
     with tempfile.TemporaryDirectory(prefix="flops-package-") as tmp:
         bundle_dir = Path(tmp) / "bundle"
-        metadata = export_bundle(resolve_model_ref(model_ref), bundle_dir, tracking_uri=tracking_uri,
-                                 classifier=classifier)
+        model_uri, tracking_uri = resolve_model(model_ref, tracking_uri, workdir)
+        metadata = export_bundle(model_uri, bundle_dir, tracking_uri=tracking_uri, classifier=classifier)
         spec = inference_image_spec(
             stage_context(bundle_dir, Path(tmp) / "context"), name=name, platforms=platform_list,
             registry=registry, base_image=base_image, pip_index_url=pip_index_url,

@@ -66,3 +66,28 @@ def test_container_publishes_only_on_the_given_host_and_port() -> None:
 )
 def test_bare_mlflow_run_id_names_its_model_and_uris_pass_through(ref: str, expected: str) -> None:
     assert resolve_model_ref(ref) == expected
+
+
+def test_flops_run_id_resolves_to_the_model_and_store_its_run_registered(tmp_path: Path) -> None:
+    from cli.inference import resolve_model
+    from flops.runstate import RunState
+
+    run_dir = tmp_path / "runs" / "r-42"
+    run_dir.mkdir(parents=True)
+    RunState(run_id="r-42", run_dir=run_dir, status="FINISHED", tracking_uri="sqlite:///store.db",
+             model_uri="models:/digits/7").save()
+    assert resolve_model("r-42", None, tmp_path) == ("models:/digits/7", "sqlite:///store.db")
+    assert resolve_model("r-42", "sqlite:///other.db", tmp_path) == ("models:/digits/7", "sqlite:///other.db")
+    assert resolve_model("models:/x/1", None, tmp_path)[1] == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
+
+
+def test_flops_run_without_a_model_is_a_bad_input_naming_its_status(tmp_path: Path) -> None:
+    from cli.inference import resolve_model
+    from flops.errors import BadInputError
+    from flops.runstate import RunState
+
+    run_dir = tmp_path / "runs" / "r-1"
+    run_dir.mkdir(parents=True)
+    RunState(run_id="r-1", run_dir=run_dir, status="RUNNING").save()
+    with pytest.raises(BadInputError, match="r-1 has no registered model.*RUNNING"):
+        resolve_model("r-1", None, tmp_path)
