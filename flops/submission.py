@@ -44,7 +44,7 @@ class _Silent:
         pass
 
 
-class StopRequested(Exception):
+class StopRequested(FlopsError):
     """SIGTERM (from `flops stop`) or SIGINT arrived while the run was going."""
 
 
@@ -61,13 +61,19 @@ def prepare_run(
     run_id = new_run_id()
     run_dir = runs_dir(workdir) / run_id
     state = RunState(run_id=run_id, run_dir=run_dir, rounds=config.rounds, tracking_uri=tracking_uri,
-                     started_at=time.time())
+                     started_at=time.time(), controller_pid=os.getpid())
     (run_dir / "logs").mkdir(parents=True)
+    previous = signal.signal(signal.SIGTERM, _raise_stop)  # `flops stop` while fetching or installing
     try:
         return _prepare(source, ref, config, topology, workdir, orchestrator, tracking_uri, state, progress)
+    except (StopRequested, KeyboardInterrupt):
+        state.update(status="STOPPED", message="stopped by request", ended_at=time.time())
+        raise
     except BaseException as exc:
         state.update(status="FAILED", phase="rejected", message=str(exc), ended_at=time.time())
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _topology(config: RunConfig, topology_file: Path | None) -> Topology:
@@ -128,7 +134,7 @@ def _prepare(source: str, ref: str | None, config: RunConfig, topology: Topology
 
 
 def _raise_stop(signum: int, _frame: Any) -> None:
-    raise StopRequested(signal.Signals(signum).name)
+    raise StopRequested(f"stopped by request ({signal.Signals(signum).name})")
 
 
 def execute_run(plan: RunPlan, progress: Progress | None = None) -> RunState:

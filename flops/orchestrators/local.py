@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,10 +21,22 @@ RUN_ID_ENV = "FLOPS_RUN_ID"
 STOP_GRACE_S = 5.0
 
 
+# Ports are chosen below Linux's ephemeral range (32768-60999): a port the kernel hands out for an
+# outgoing connection could be taken between our check and the child binding it seconds later.
+PORT_RANGE = (20000, 32767)
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port that is free now, outside the range outgoing connections draw from."""
+    for _ in range(200):
+        port = random.randint(*PORT_RANGE)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise DeployError(f"no free loopback port in {PORT_RANGE[0]}-{PORT_RANGE[1]}")
 
 
 def _tail(path: Path, lines: int = 5) -> str:
@@ -67,6 +80,7 @@ class LocalOrchestrator(Orchestrator):
 
     def __init__(self) -> None:
         self._children: dict[int, subprocess.Popen] = {}  # reaped by this process when it started them
+        self._pending_ports: list[tuple[int, ComponentRecord]] = []  # SuperNode Runtime APIs not yet seen up
 
     def _env(self, plan: RunPlan) -> dict[str, str]:
         env = dict(os.environ)
@@ -129,11 +143,20 @@ class LocalOrchestrator(Orchestrator):
                          node_config: dict[str, str | int]) -> ComponentRecord:
         # Flower parses node config as TOML values: strings need quotes, numbers must not have them.
         config_text = " ".join(f"{k}={json.dumps(v)}" for k, v in node_config.items())
+        port = free_port()
         # Bounded reconnects: a SuperNode whose SuperLink is gone exits instead of retrying forever.
         argv = [str(plan.python.parent / "flower-supernode"), "--insecure",
-                "--superlink", f"127.0.0.1:{superlink_port}", "--port", str(free_port()),
+                "--superlink", f"127.0.0.1:{superlink_port}", "--port", str(port),
                 "--node-config", config_text, "--max-retries", "5", "--max-wait-time", "30"]
-        return self._spawn(plan, record, argv)
+        self._spawn(plan, record, argv)
+        self._pending_ports.append((port, record))
+        return record
+
+    def _wait_for_supernodes(self, plan: RunPlan) -> None:
+        """SuperNodes start in parallel; a failure to bind their Runtime API shows up here, not mid-round."""
+        while self._pending_ports:
+            port, record = self._pending_ports.pop(0)
+            self._wait_for_port(port, record, plan.config.startup_timeout_s)
 
     def _start_learners(self, plan: RunPlan, learners: list, superlink_port: int) -> list[ComponentRecord]:
         return [
@@ -167,7 +190,9 @@ class LocalOrchestrator(Orchestrator):
                     "cluster-size": len(cluster.learners), "cluster-superlink": f"127.0.0.1:{link_port}",
                     "cluster-dir": str(plan.cluster_dir(cluster)), "app-dir": str(plan.app_dir),
                 }))
+            self._wait_for_supernodes(plan)
         except BaseException:
+            self._pending_ports.clear()
             self.stop(deployment)
             raise
         return deployment
