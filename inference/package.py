@@ -50,12 +50,16 @@ def stage_context(bundle_dir: Path, dest: Path) -> Path:
 
 
 def image_requirements(metadata: BundleMetadata) -> list[str]:
-    """The server's requirements plus the model's other ones as MLflow recorded them.
+    """The server's requirements, plus for a pickled model the model's other ones as MLflow recorded them.
 
     Where the model names a package the server also needs (torch, numpy, cloudpickle) the server's line wins:
     torch's version is then chosen per platform by the build's constraints (arm64 stays on a CPU-only release)
     instead of the training machine's pin.
     """
+    if metadata.serialization == "pt2":
+        # An exported graph runs on torch alone: the user's code (and what it imports, e.g. scikit-learn
+        # for data loading) is never imported to load or run it.
+        return list(SERVER_REQUIREMENTS)
     ours = {_requirement_name(line) for line in SERVER_REQUIREMENTS}
     extra = [line for line in metadata.requirements if _requirement_name(line) not in ours]
     return [*SERVER_REQUIREMENTS, *extra]

@@ -39,12 +39,18 @@ def test_spec_runs_the_server_on_the_bundle_with_model_labels(context: Path) -> 
 
 def test_model_requirements_add_to_the_servers_and_torch_is_never_pinned(context: Path) -> None:
     metadata = read_metadata(context / "bundle").model_copy(
-        update={"requirements": ["torch==2.13.0", "numpy==2.4.6", "einops==0.8.0"]}
+        update={"requirements": ["torch==2.13.0", "numpy==2.4.6", "einops==0.8.0"], "serialization": "pickle"}
     )
     requirements = image_requirements(metadata)
     assert requirements[: len(SERVER_REQUIREMENTS)] == SERVER_REQUIREMENTS
     assert "einops==0.8.0" in requirements
     assert "torch" in requirements and "torch==2.13.0" not in requirements and "numpy==2.4.6" not in requirements
+
+
+def test_exported_model_needs_only_the_servers_requirements(context: Path) -> None:
+    metadata = read_metadata(context / "bundle").model_copy(update={"requirements": ["scikit-learn", "torch"]})
+    assert metadata.serialization == "pt2"
+    assert image_requirements(metadata) == SERVER_REQUIREMENTS
 
 
 def test_container_publishes_only_on_the_given_host_and_port() -> None:
