@@ -50,7 +50,7 @@ done_step
 
 step "containers config: $REGISTRY is a plain-HTTP registry"
 mkdir -p /etc/containers/registries.conf.d
-cat >/etc/containers/registries.conf.d/50-flops-local.conf <<EOF
+cat >"/etc/containers/registries.conf.d/50-flops-local-${REGISTRY//[:.]/-}.conf" <<EOF
 [[registry]]
 location = "$REGISTRY"
 insecure = true
