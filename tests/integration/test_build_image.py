@@ -137,13 +137,16 @@ def test_code_only_change_rebuilds_only_the_code_layer(
 
 def test_oci_archive_without_registry(containers: None, tmp_path: Path) -> None:
     archive = tmp_path / "image.tar"
-    spec = spec_for(app_copy(tmp_path), "flops-test/archive", platforms=["linux/amd64"], registry=None,
-                    output=f"oci-archive:{archive}")
+    # No requirements: the archive path is what is checked, without compressing torch once more.
+    spec = BuildSpec(name="flops-test/archive", context_dir=app_copy(tmp_path), platforms=BOTH, base_image=BASE,
+                     tls_verify=False, output=f"oci-archive:{archive}", entrypoint=["python3"])
     result = build_image(spec)
     assert result.image.startswith(f"oci-archive:{archive}@sha256:")
-    assert archive.stat().st_size > 50_000_000 and result.size_bytes["linux/amd64"] > 50_000_000
+    assert set(result.size_bytes) == set(BOTH) and all(s > 20_000_000 for s in result.size_bytes.values())
+    assert archive.stat().st_size > 40_000_000
     with tarfile.open(archive) as tar:
-        assert "index.json" in tar.getnames()
+        index = json.loads(tar.extractfile("index.json").read())  # type: ignore[union-attr]
+    assert index["manifests"]
 
 
 def sdist_only_package(links: Path) -> str:
