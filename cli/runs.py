@@ -58,6 +58,7 @@ def _report(state: RunState, as_json: bool) -> None:
 @click.option("--target-accuracy", type=float, help="Stop once central accuracy reaches this.")
 @click.option("--round-timeout", type=float, help="Seconds a round may take before the run fails.")
 @click.option("--orchestrator", type=click.Choice(sorted(ORCHESTRATORS)), default="local", show_default=True)
+@click.option("--image", help="FLOps image from `flops build` (for --orchestrator docker).")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: SQLite store in the work dir).")
 @workdir_option
 @json_option
@@ -67,7 +68,8 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
                    learners: int | None, epochs: int | None, batch_size: int | None, lr: float | None,
                    clusters: int | None, local_rounds: int | None, topology_file: Path | None,
                    assignment: str | None, comm_budget: float | None, target_accuracy: float | None,
-                   round_timeout: float | None, orchestrator: str, tracking_uri: str | None, workdir: Path,
+                   round_timeout: float | None, orchestrator: str, image: str | None, tracking_uri: str | None,
+                   workdir: Path,
                    as_json: bool, detach: bool) -> None:
     """Fetch SOURCE (git URL or path), check it, and run it as a federation tracked in MLflow."""
     from flops.submission import execute_run, prepare_run
@@ -82,7 +84,7 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
     workdir = workdir.resolve()
     progress = make_progress()
     plan = prepare_run(source, ref, config, workdir, orchestrator, tracking_uri or default_tracking_uri(workdir),
-                       progress, topology_file)
+                       progress, topology_file, image)
     for cluster in plan.clusters:
         click.echo(f"cluster {cluster.name}: {', '.join(l.name for l in cluster.learners)}", err=True)
     if detach:

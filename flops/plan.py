@@ -47,6 +47,7 @@ class RunPlan(BaseModel):
     python: Path  # interpreter of the run's environment; Flower's executables sit beside it
     config: RunConfig
     orchestrator: str
+    image: str | None = None  # the FLOps image (from `flops build`) for container orchestrators
     tracking_uri: str
     learners: list[LearnerSpec]
     clusters: list[ClusterSpec] = []  # empty: flat FL, the learners join the root directly

@@ -51,11 +51,12 @@ class StopRequested(FlopsError):
 def prepare_run(
     source: str, ref: str | None, config: RunConfig, workdir: Path, orchestrator: str,
     tracking_uri: str, progress: Progress | None = None, topology_file: Path | None = None,
+    image: str | None = None,
 ) -> RunPlan:
     """Everything that can reject bad input, before anything starts. Raises BadInputError subclasses."""
     progress = progress or _Silent()
     workdir = workdir.resolve()
-    get_orchestrator(orchestrator)  # an unknown name fails here, before any work
+    get_orchestrator(orchestrator, image)  # an unknown name or a missing image fails here, before any work
     topology = _topology(config, topology_file)
     config = config.model_copy(update={"learners": len(topology.learners), "clusters": len(topology.clusters)})
     run_id = new_run_id()
@@ -65,7 +66,11 @@ def prepare_run(
     (run_dir / "logs").mkdir(parents=True)
     previous = signal.signal(signal.SIGTERM, _raise_stop)  # `flops stop` while fetching or installing
     try:
-        return _prepare(source, ref, config, topology, workdir, orchestrator, tracking_uri, state, progress)
+        plan = _prepare(source, ref, config, topology, workdir, orchestrator, tracking_uri, state, progress)
+        if image:
+            plan = plan.model_copy(update={"image": image})
+            plan.save()
+        return plan
     except (StopRequested, KeyboardInterrupt):
         state.update(status="STOPPED", message="stopped by request", ended_at=time.time())
         raise
@@ -148,7 +153,7 @@ def execute_run(plan: RunPlan, progress: Progress | None = None) -> RunState:
         return state
     state.update(status="RUNNING", phase="deploying", controller_pid=os.getpid())
     progress.phase(state)
-    orchestrator = get_orchestrator(plan.orchestrator)
+    orchestrator = get_orchestrator(plan.orchestrator, plan.image)
     # The embedded store keeps artifacts beside it; a tracking server decides where its artifacts go.
     embedded = plan.tracking_uri.startswith("sqlite:")
     tracker = Tracker(plan.tracking_uri, plan.run_dir.parent.parent / "mlartifacts" if embedded else None)
@@ -345,5 +350,5 @@ def stop_run(workdir: Path, run_id: str, wait_s: float = 30.0) -> RunState:
             if state.status in TERMINAL:
                 return state
     if state.deployment is not None:
-        get_orchestrator(state.deployment.orchestrator).stop(state.deployment)
+        get_orchestrator(state.deployment.orchestrator, RunPlan.load(state.run_dir).image).stop(state.deployment)
     return state.update(status="STOPPED", phase="done", message="stopped by request", ended_at=time.time())

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 from flops.errors import ConfigError
 from flops.orchestrators.base import ComponentRecord, Deployment, Orchestrator
+from flops.orchestrators.docker import DockerOrchestrator
 from flops.orchestrators.local import LocalOrchestrator
 
-ORCHESTRATORS: dict[str, type[Orchestrator]] = {LocalOrchestrator.name: LocalOrchestrator}
+ORCHESTRATORS: dict[str, type[Orchestrator]] = {
+    LocalOrchestrator.name: LocalOrchestrator,
+    DockerOrchestrator.name: DockerOrchestrator,
+}
+# Orchestrators that run components from a FLOps image (`flops build`) rather than the run's environment.
+NEEDS_IMAGE = frozenset({DockerOrchestrator.name})
 
 
-def get_orchestrator(name: str) -> Orchestrator:
+def get_orchestrator(name: str, image: str | None = None) -> Orchestrator:
     """An orchestrator instance by name; an unknown name lists the known ones."""
     try:
-        return ORCHESTRATORS[name]()
+        cls = ORCHESTRATORS[name]
     except KeyError:
         known = ", ".join(sorted(ORCHESTRATORS))
         raise ConfigError(f"unknown orchestrator '{name}' (known: {known})") from None
+    if name in NEEDS_IMAGE:
+        if not image:
+            raise ConfigError(f"--orchestrator {name} runs a FLOps image: build one with `flops build` and pass --image")
+        return cls(image=image)
+    return cls()
 
 
-__all__ = ["ComponentRecord", "Deployment", "Orchestrator", "get_orchestrator", "ORCHESTRATORS"]
+__all__ = ["ComponentRecord", "Deployment", "Orchestrator", "get_orchestrator", "ORCHESTRATORS", "NEEDS_IMAGE"]

@@ -1,0 +1,58 @@
+"""`flops submit --orchestrator docker`: the example trains in containers of its `flops build` image."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_flops
+from containers.support import BASE, FIND_LINKS, REGISTRY, require_containers
+from flops.orchestrators.docker import RUN_LABEL
+
+pytestmark = pytest.mark.slow
+
+
+def _docker_ready() -> str | None:
+    try:
+        import docker
+
+        docker.from_env().ping()
+    except Exception as exc:
+        return f"no Docker daemon ({exc}): run .ci/setup-containers.sh"
+    return None
+
+
+def test_the_example_trains_in_containers_as_it_does_locally(example_repo: Path, tmp_path: Path) -> None:
+    require_containers(_docker_ready())
+    import docker
+
+    build = run_flops(
+        "build", example_repo.as_uri(), "--platform", "linux/amd64", "--registry", REGISTRY,
+        "--base-image", BASE, "--no-tls-verify", *(f"--pip-find-links={d}" for d in FIND_LINKS),
+        "--platform-constraint", "linux/amd64=torch==2.13.0+cpu", "--json", timeout_s=1800,
+    )
+    assert build.returncode == 0, build.output
+    image = json.loads(build.stdout.strip().splitlines()[-1])["image"]
+
+    # The same settings as the local orchestrator's example test, which must reach 0.85.
+    run = run_flops(
+        "submit", example_repo.as_uri(), "--learners", "3", "--rounds", "3", "--orchestrator", "docker",
+        "--image", image, "--workdir", str(tmp_path / "work"), "--json", timeout_s=1800,
+    )
+    assert run.returncode == 0, run.output
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "FINISHED"
+    assert summary["rounds_completed"] == 3
+    assert summary["final_metrics"]["accuracy"] >= 0.85
+    assert summary["model_uri"]
+    left = docker.from_env().containers.list(all=True, filters={"label": f"{RUN_LABEL}={summary['run_id']}"})
+    assert left == []
+
+
+def test_docker_without_an_image_is_bad_input(example_repo: Path, tmp_path: Path) -> None:
+    result = run_flops("submit", example_repo.as_uri(), "--orchestrator", "docker",
+                       "--workdir", str(tmp_path / "work"))
+    assert result.returncode == 2, result.output
+    assert "--image" in result.stderr and "Traceback" not in result.output
