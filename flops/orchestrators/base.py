@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel
 
-from flops.plan import RunPlan
+from flops.errors import DeployError
+from flops.plan import LearnerSpec, RunPlan
 
 ComponentRole = Literal["superlink", "root-aggregator", "cluster-aggregator", "learner"]
 
@@ -33,14 +38,96 @@ class Deployment(BaseModel):
     components: list[ComponentRecord] = []
 
 
+def node_config_text(node_config: dict[str, str | int]) -> str:
+    """Flower parses --node-config values as TOML: strings need quotes, numbers must not have them."""
+    return " ".join(f"{k}={json.dumps(v)}" for k, v in node_config.items())
+
+
+def wait_for_port(port: int, record: ComponentRecord, timeout_s: float, exit_reason: Callable[[], str | None]) -> None:
+    """Poll until something listens on loopback PORT; fail at once if the component died.
+
+    exit_reason() returns None while the component lives, else e.g. "exited with code 1 while starting: ...".
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        reason = exit_reason()
+        if reason is not None:
+            raise DeployError(f"{record.name} {reason} (log: {record.log_path})")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise DeployError(f"{record.name} did not open port {port} within {timeout_s:.0f}s (log: {record.log_path})")
+
+
 class Orchestrator(ABC):
-    """Starts and stops the SuperLink(s) and SuperNodes of a run. One module per implementation."""
+    """Starts and stops the SuperLink(s) and SuperNodes of a run. One module per implementation.
+
+    `deploy` walks the plan's topology the same way for every implementation; an implementation says
+    how one SuperLink and one SuperNode are started (a process, a container, a pod).
+    """
 
     name: ClassVar[str]
 
-    @abstractmethod
     def deploy(self, plan: RunPlan) -> Deployment:
-        """Start every component of the plan and return once the root SuperLink accepts runs."""
+        """Start every component of the plan and return once the root SuperLink accepts runs.
+
+        Flat: the learners join the root SuperLink. Hierarchical: per cluster a SuperLink with its
+        learners, plus the cluster's aggregator as a SuperNode of the root. On any failure, stop all.
+        """
+        self._before_deploy(plan)
+        (plan.run_dir / "flwr_home").mkdir(parents=True, exist_ok=True)
+        deployment = Deployment(orchestrator=self.name, run_id=plan.run_id, control_address="")
+        try:
+            root, root_port = self._start_superlink(plan, "superlink", "root-aggregator")
+            deployment.components.append(root)
+            deployment.control_address = f"127.0.0.1:{root_port}"
+            if not plan.hierarchical:
+                deployment.components += self._start_learners(plan, plan.learners, root_port)
+            for cluster in plan.clusters:
+                link, link_port = self._start_superlink(plan, f"{cluster.dir_name}-superlink", "cluster-aggregator")
+                deployment.components.append(link)
+                deployment.components += self._start_learners(plan, cluster.learners, link_port)
+                aggregator = ComponentRecord(name=f"{cluster.dir_name}-aggregator", role="cluster-aggregator",
+                                             log_path=plan.logs_dir / f"{cluster.dir_name}-aggregator.log")
+                deployment.components.append(self._start_supernode(plan, aggregator, root_port, {
+                    "cluster-name": cluster.name, "cluster-index": cluster.index,
+                    "cluster-size": len(cluster.learners), "cluster-superlink": f"127.0.0.1:{link_port}",
+                    "cluster-dir": str(plan.cluster_dir(cluster)), "app-dir": str(plan.app_dir),
+                }))
+            self._after_supernodes_started(plan)
+        except BaseException:
+            self.stop(deployment)
+            raise
+        return deployment
+
+    def _start_learners(self, plan: RunPlan, learners: list[LearnerSpec], superlink_port: int) -> list[ComponentRecord]:
+        return [
+            self._start_supernode(
+                plan,
+                ComponentRecord(name=learner.name, role="learner", log_path=plan.logs_dir / f"{learner.name}.log",
+                                partition_id=learner.partition_id),
+                superlink_port,
+                {"partition-id": learner.partition_id, "num-partitions": learner.num_partitions},
+            )
+            for learner in learners
+        ]
+
+    def _before_deploy(self, plan: RunPlan) -> None:
+        """Hook: checks and set-up before the first component starts."""
+
+    def _after_supernodes_started(self, plan: RunPlan) -> None:
+        """Hook: SuperNodes start in parallel; an implementation may wait for them here."""
+
+    @abstractmethod
+    def _start_superlink(self, plan: RunPlan, name: str, role: ComponentRole) -> tuple[ComponentRecord, int]:
+        """Start one SuperLink on a free loopback port, wait until it listens; return it and the port."""
+
+    @abstractmethod
+    def _start_supernode(self, plan: RunPlan, record: ComponentRecord, superlink_port: int,
+                         node_config: dict[str, str | int]) -> ComponentRecord:
+        """Start one SuperNode connected to the SuperLink on superlink_port, with this node config."""
 
     @abstractmethod
     def status(self, deployment: Deployment) -> dict[str, bool]:

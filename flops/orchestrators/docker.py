@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from flops.errors import DeployError
-from flops.orchestrators.base import ComponentRecord, Deployment, Orchestrator
+from flops.orchestrators.base import (
+    ComponentRecord,
+    ComponentRole,
+    Deployment,
+    Orchestrator,
+    node_config_text,
+    wait_for_port,
+)
 from flops.orchestrators.local import RUN_ID_ENV, free_port
 from flops.plan import RunPlan
 
@@ -38,11 +42,6 @@ def _docker_client() -> Any:
 
 def container_name(run_id: str, component: str) -> str:
     return f"flops-{run_id}-{component}"
-
-
-def node_config_text(node_config: dict[str, str | int]) -> str:
-    # Flower parses node config as TOML values: strings need quotes, numbers must not have them.
-    return " ".join(f"{k}={json.dumps(v)}" for k, v in node_config.items())
 
 
 class DockerOrchestrator(Orchestrator):
@@ -124,28 +123,22 @@ class DockerOrchestrator(Orchestrator):
         except docker.errors.NotFound:
             return None
 
-    def _wait_for_port(self, port: int, record: ComponentRecord, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            container = self._container(record)
-            if container is None or container.status in ("exited", "dead"):
-                tail = container.logs(tail=5).decode(errors="replace").strip() if container else ""
-                code = container.attrs["State"]["ExitCode"] if container else "?"
-                raise DeployError(f"{record.name} exited with code {code} while starting: {tail} "
-                                  f"(log: {record.log_path})")
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.settimeout(0.5)
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    return
-            time.sleep(0.2)
-        raise DeployError(f"{record.name} did not open port {port} within {timeout_s:.0f}s (log: {record.log_path})")
+    def _exit_reason(self, record: ComponentRecord) -> str | None:
+        container = self._container(record)
+        if container is not None:
+            container.reload()
+            if container.status not in ("exited", "dead"):
+                return None
+        tail = " | ".join(container.logs(tail=5).decode(errors="replace").strip().splitlines()) if container else ""
+        code = container.attrs["State"]["ExitCode"] if container else "?"
+        return f"exited with code {code} while starting: {tail}"
 
-    def _start_superlink(self, plan: RunPlan, name: str, role: str) -> tuple[ComponentRecord, int]:
+    def _start_superlink(self, plan: RunPlan, name: str, role: ComponentRole) -> tuple[ComponentRecord, int]:
         port = free_port()
         record = ComponentRecord(name=name, role=role, log_path=plan.logs_dir / f"{name}.log")
         image_role = "root-aggregator" if role == "root-aggregator" else "cluster-superlink"
         self._run(plan, record, image_role, ["--host", "127.0.0.1", "--port", str(port)])
-        self._wait_for_port(port, record, plan.config.startup_timeout_s)
+        wait_for_port(port, record, plan.config.startup_timeout_s, lambda: self._exit_reason(record))
         return record, port
 
     def _start_supernode(self, plan: RunPlan, record: ComponentRecord, superlink_port: int,
@@ -154,43 +147,8 @@ class DockerOrchestrator(Orchestrator):
                 "--node-config", node_config_text(node_config), "--max-retries", "5", "--max-wait-time", "30"]
         return self._run(plan, record, record.role, args)
 
-    def _start_learners(self, plan: RunPlan, learners: list, superlink_port: int) -> list[ComponentRecord]:
-        return [
-            self._start_supernode(
-                plan,
-                ComponentRecord(name=learner.name, role="learner", log_path=plan.logs_dir / f"{learner.name}.log",
-                                partition_id=learner.partition_id),
-                superlink_port,
-                {"partition-id": learner.partition_id, "num-partitions": learner.num_partitions},
-            )
-            for learner in learners
-        ]
-
-    def deploy(self, plan: RunPlan) -> Deployment:
+    def _before_deploy(self, plan: RunPlan) -> None:
         self._ensure_image()
-        (plan.run_dir / "flwr_home").mkdir(parents=True, exist_ok=True)
-        deployment = Deployment(orchestrator=self.name, run_id=plan.run_id, control_address="")
-        try:
-            root, root_port = self._start_superlink(plan, "superlink", "root-aggregator")
-            deployment.components.append(root)
-            deployment.control_address = f"127.0.0.1:{root_port}"
-            if not plan.hierarchical:
-                deployment.components += self._start_learners(plan, plan.learners, root_port)
-            for cluster in plan.clusters:
-                link, link_port = self._start_superlink(plan, f"{cluster.dir_name}-superlink", "cluster-aggregator")
-                deployment.components.append(link)
-                deployment.components += self._start_learners(plan, cluster.learners, link_port)
-                aggregator = ComponentRecord(name=f"{cluster.dir_name}-aggregator", role="cluster-aggregator",
-                                             log_path=plan.logs_dir / f"{cluster.dir_name}-aggregator.log")
-                deployment.components.append(self._start_supernode(plan, aggregator, root_port, {
-                    "cluster-name": cluster.name, "cluster-index": cluster.index,
-                    "cluster-size": len(cluster.learners), "cluster-superlink": f"127.0.0.1:{link_port}",
-                    "cluster-dir": str(plan.cluster_dir(cluster)), "app-dir": str(plan.app_dir),
-                }))
-        except BaseException:
-            self.stop(deployment)
-            raise
-        return deployment
 
     def status(self, deployment: Deployment) -> dict[str, bool]:
         alive = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -12,7 +11,14 @@ import time
 from pathlib import Path
 
 from flops.errors import DeployError
-from flops.orchestrators.base import ComponentRecord, Deployment, Orchestrator
+from flops.orchestrators.base import (
+    ComponentRecord,
+    ComponentRole,
+    Deployment,
+    Orchestrator,
+    node_config_text,
+    wait_for_port,
+)
 from flops.plan import RunPlan
 
 # Every process of a run carries this variable (children inherit it), so stop() also finds
@@ -112,23 +118,13 @@ class LocalOrchestrator(Orchestrator):
         record.pid = proc.pid
         return record
 
-    def _wait_for_port(self, port: int, record: ComponentRecord, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            proc = self._children.get(record.pid or -1)
-            if proc is not None and proc.poll() is not None:
-                raise DeployError(
-                    f"{record.name} exited with code {proc.returncode} while starting: "
-                    f"{_tail(record.log_path)} (log: {record.log_path})"
-                )
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.settimeout(0.5)
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    return
-            time.sleep(0.1)
-        raise DeployError(f"{record.name} did not open port {port} within {timeout_s:.0f}s (log: {record.log_path})")
+    def _exit_reason(self, record: ComponentRecord) -> str | None:
+        proc = self._children.get(record.pid or -1)
+        if proc is None or proc.poll() is None:
+            return None
+        return f"exited with code {proc.returncode} while starting: {_tail(record.log_path)}"
 
-    def _start_superlink(self, plan: RunPlan, name: str, role: str) -> tuple[ComponentRecord, int]:
+    def _start_superlink(self, plan: RunPlan, name: str, role: ComponentRole) -> tuple[ComponentRecord, int]:
         port = free_port()
         record = self._spawn(
             plan,
@@ -136,66 +132,28 @@ class LocalOrchestrator(Orchestrator):
             [str(plan.python.parent / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
              "--host", "127.0.0.1", "--port", str(port)],
         )
-        self._wait_for_port(port, record, plan.config.startup_timeout_s)
+        wait_for_port(port, record, plan.config.startup_timeout_s, lambda: self._exit_reason(record))
         return record, port
 
     def _start_supernode(self, plan: RunPlan, record: ComponentRecord, superlink_port: int,
                          node_config: dict[str, str | int]) -> ComponentRecord:
-        # Flower parses node config as TOML values: strings need quotes, numbers must not have them.
-        config_text = " ".join(f"{k}={json.dumps(v)}" for k, v in node_config.items())
         port = free_port()
         # Bounded reconnects: a SuperNode whose SuperLink is gone exits instead of retrying forever.
         argv = [str(plan.python.parent / "flower-supernode"), "--insecure",
                 "--superlink", f"127.0.0.1:{superlink_port}", "--port", str(port),
-                "--node-config", config_text, "--max-retries", "5", "--max-wait-time", "30"]
+                "--node-config", node_config_text(node_config), "--max-retries", "5", "--max-wait-time", "30"]
         self._spawn(plan, record, argv)
         self._pending_ports.append((port, record))
         return record
 
-    def _wait_for_supernodes(self, plan: RunPlan) -> None:
-        """SuperNodes start in parallel; a failure to bind their Runtime API shows up here, not mid-round."""
+    def _before_deploy(self, plan: RunPlan) -> None:
+        self._pending_ports.clear()
+
+    def _after_supernodes_started(self, plan: RunPlan) -> None:
+        """A SuperNode that cannot bind its Runtime API fails the deployment here, not mid-round."""
         while self._pending_ports:
             port, record = self._pending_ports.pop(0)
-            self._wait_for_port(port, record, plan.config.startup_timeout_s)
-
-    def _start_learners(self, plan: RunPlan, learners: list, superlink_port: int) -> list[ComponentRecord]:
-        return [
-            self._start_supernode(
-                plan,
-                ComponentRecord(name=learner.name, role="learner", log_path=plan.logs_dir / f"{learner.name}.log",
-                                partition_id=learner.partition_id),
-                superlink_port,
-                {"partition-id": learner.partition_id, "num-partitions": learner.num_partitions},
-            )
-            for learner in learners
-        ]
-
-    def deploy(self, plan: RunPlan) -> Deployment:
-        (plan.run_dir / "flwr_home").mkdir(parents=True, exist_ok=True)
-        deployment = Deployment(orchestrator=self.name, run_id=plan.run_id, control_address="")
-        try:
-            root, root_port = self._start_superlink(plan, "superlink", "root-aggregator")
-            deployment.components.append(root)
-            deployment.control_address = f"127.0.0.1:{root_port}"
-            if not plan.hierarchical:
-                deployment.components += self._start_learners(plan, plan.learners, root_port)
-            for cluster in plan.clusters:
-                link, link_port = self._start_superlink(plan, f"{cluster.dir_name}-superlink", "cluster-aggregator")
-                deployment.components.append(link)
-                deployment.components += self._start_learners(plan, cluster.learners, link_port)
-                aggregator = ComponentRecord(name=f"{cluster.dir_name}-aggregator", role="cluster-aggregator",
-                                             log_path=plan.logs_dir / f"{cluster.dir_name}-aggregator.log")
-                deployment.components.append(self._start_supernode(plan, aggregator, root_port, {
-                    "cluster-name": cluster.name, "cluster-index": cluster.index,
-                    "cluster-size": len(cluster.learners), "cluster-superlink": f"127.0.0.1:{link_port}",
-                    "cluster-dir": str(plan.cluster_dir(cluster)), "app-dir": str(plan.app_dir),
-                }))
-            self._wait_for_supernodes(plan)
-        except BaseException:
-            self._pending_ports.clear()
-            self.stop(deployment)
-            raise
-        return deployment
+            wait_for_port(port, record, plan.config.startup_timeout_s, lambda r=record: self._exit_reason(r))
 
     def status(self, deployment: Deployment) -> dict[str, bool]:
         alive = {}
