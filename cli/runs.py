@@ -13,8 +13,8 @@ from cli.errors import reports_errors
 from cli.options import echo_json, json_option, workdir_option
 from cli.progress import make_progress
 from flops.config import load_config
-from flops.errors import BadInputError
-from flops.orchestrators import ORCHESTRATORS
+from flops.errors import BadInputError, ConfigError, FlopsError
+from flops.orchestrators import NEEDS_IMAGE, ORCHESTRATORS
 from flops.plan import RunPlan
 from flops.runstate import RunState, latest_run_id, list_states, load_state
 
@@ -59,6 +59,13 @@ def _report(state: RunState, as_json: bool) -> None:
 @click.option("--round-timeout", type=float, help="Seconds a round may take before the run fails.")
 @click.option("--orchestrator", type=click.Choice(sorted(ORCHESTRATORS)), default="local", show_default=True)
 @click.option("--image", help="FLOps image from `flops build` (for --orchestrator docker).")
+@click.option("--registry", help="With --orchestrator docker and no --image: build (or reuse) the image, push it here.")
+@click.option("--base-image", help="Base of the image built for --registry (default: python slim).")
+@click.option("--pip-find-links", "pip_find_links", multiple=True, type=click.Path(file_okay=False),
+              help="Extra wheel folder for the image's dependencies.")
+@click.option("--platform-constraint", "platform_constraints", multiple=True, metavar="PLATFORM=REQ",
+              help="Constraint for the image's dependencies, e.g. linux/amd64=torch==2.13.0+cpu.")
+@click.option("--tls-verify/--no-tls-verify", default=True, show_default=True, help="TLS to the registry.")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: SQLite store in the work dir).")
 @workdir_option
 @json_option
@@ -68,8 +75,9 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
                    learners: int | None, epochs: int | None, batch_size: int | None, lr: float | None,
                    clusters: int | None, local_rounds: int | None, topology_file: Path | None,
                    assignment: str | None, comm_budget: float | None, target_accuracy: float | None,
-                   round_timeout: float | None, orchestrator: str, image: str | None, tracking_uri: str | None,
-                   workdir: Path,
+                   round_timeout: float | None, orchestrator: str, image: str | None, registry: str | None,
+                   base_image: str | None, pip_find_links: tuple[str, ...], platform_constraints: tuple[str, ...],
+                   tls_verify: bool, tracking_uri: str | None, workdir: Path,
                    as_json: bool, detach: bool) -> None:
     """Fetch SOURCE (git URL or path), check it, and run it as a federation tracked in MLflow."""
     from flops.submission import execute_run, prepare_run
@@ -82,9 +90,22 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
         "comm_budget": comm_budget, "target_accuracy": target_accuracy,
     })
     workdir = workdir.resolve()
+    build_options = None
+    if orchestrator in NEEDS_IMAGE and not image:
+        if not registry:
+            raise ConfigError(f"--orchestrator {orchestrator} runs a FLOps image: pass --image, or --registry to build one")
+        build_options = {"registry": registry, "base_image": base_image, "pip_find_links": list(pip_find_links),
+                         "platform_constraints": platform_constraints, "tls_verify": tls_verify}
     progress = make_progress()
     plan = prepare_run(source, ref, config, workdir, orchestrator, tracking_uri or default_tracking_uri(workdir),
                        progress, topology_file, image)
+    if build_options is not None:
+        try:
+            plan = plan.model_copy(update={"image": _build_run_image(plan, **build_options)})
+        except FlopsError as exc:
+            load_state(workdir, plan.run_id).update(status="FAILED", phase="building image", message=str(exc))
+            raise
+        plan.save()
     for cluster in plan.clusters:
         click.echo(f"cluster {cluster.name}: {', '.join(l.name for l in cluster.learners)}", err=True)
     if detach:
@@ -98,6 +119,27 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
     state = execute_run(plan, progress)
     _report(state, as_json)
     sys.exit(EXIT_CODES[state.status])
+
+
+def _build_run_image(plan: RunPlan, registry: str, base_image: str | None, pip_find_links: list[str],
+                     platform_constraints: tuple[str, ...], tls_verify: bool) -> str:
+    """The run's app as an image for this machine's platform, built or found in the registry by its hash."""
+    import platform as host
+
+    from cli.build import ProgressPrinter, app_requirements, image_name, parse_platform_constraints
+    from image_builder import build_image
+    from image_builder.flower_app import flower_app_spec
+
+    target = "linux/arm64" if host.machine() in ("aarch64", "arm64") else "linux/amd64"
+    spec = flower_app_spec(
+        plan.app_dir, name=image_name(plan.source_name), requirements=app_requirements(plan.dependencies),
+        source_url=plan.source_url, commit=plan.commit, platforms=[target], registry=registry,
+        base_image=base_image, pip_find_links=pip_find_links, tls_verify=tls_verify,
+        platform_constraints=parse_platform_constraints(platform_constraints, [target]),
+    )
+    result = build_image(spec, progress=ProgressPrinter())
+    click.echo(f"image {result.image}{' (cached)' if result.cached else ''}", err=True)
+    return result.image
 
 
 def _start_detached(plan: RunPlan) -> None:

@@ -21,7 +21,7 @@ from flops.environment import ensure_run_env
 from flops.errors import ContractError, FlopsError, RunFailedError
 from flops.flower_control import FlowerControl
 from flops.intake import fetch_source
-from flops.orchestrators import get_orchestrator
+from flops.orchestrators import get_orchestrator, orchestrator_class
 from flops.plan import RunPlan, new_run_id, plan_clusters
 from flops.runstate import TERMINAL, RunState, load_state, runs_dir
 from flops.topology import Topology, load_topology, topology_from_counts
@@ -56,7 +56,7 @@ def prepare_run(
     """Everything that can reject bad input, before anything starts. Raises BadInputError subclasses."""
     progress = progress or _Silent()
     workdir = workdir.resolve()
-    get_orchestrator(orchestrator, image)  # an unknown name or a missing image fails here, before any work
+    orchestrator_class(orchestrator)  # an unknown name fails here, before any work
     topology = _topology(config, topology_file)
     config = config.model_copy(update={"learners": len(topology.learners), "clusters": len(topology.clusters)})
     run_id = new_run_id()

@@ -15,13 +15,18 @@ ORCHESTRATORS: dict[str, type[Orchestrator]] = {
 NEEDS_IMAGE = frozenset({DockerOrchestrator.name})
 
 
-def get_orchestrator(name: str, image: str | None = None) -> Orchestrator:
-    """An orchestrator instance by name; an unknown name lists the known ones."""
+def orchestrator_class(name: str) -> type[Orchestrator]:
+    """The orchestrator registered under NAME; an unknown name lists the known ones."""
     try:
-        cls = ORCHESTRATORS[name]
+        return ORCHESTRATORS[name]
     except KeyError:
         known = ", ".join(sorted(ORCHESTRATORS))
         raise ConfigError(f"unknown orchestrator '{name}' (known: {known})") from None
+
+
+def get_orchestrator(name: str, image: str | None = None) -> Orchestrator:
+    """An orchestrator instance by name; container orchestrators need the image to run."""
+    cls = orchestrator_class(name)
     if name in NEEDS_IMAGE:
         if not image:
             raise ConfigError(f"--orchestrator {name} runs a FLOps image: build one with `flops build` and pass --image")
@@ -29,4 +34,4 @@ def get_orchestrator(name: str, image: str | None = None) -> Orchestrator:
     return cls()
 
 
-__all__ = ["ComponentRecord", "Deployment", "Orchestrator", "get_orchestrator", "ORCHESTRATORS", "NEEDS_IMAGE"]
+__all__ = ["ComponentRecord", "Deployment", "Orchestrator", "get_orchestrator", "orchestrator_class", "ORCHESTRATORS", "NEEDS_IMAGE"]

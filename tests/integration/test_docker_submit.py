@@ -28,20 +28,16 @@ def test_the_example_trains_in_containers_as_it_does_locally(example_repo: Path,
     require_containers(_docker_ready())
     import docker
 
-    build = run_flops(
-        "build", example_repo.as_uri(), "--platform", "linux/amd64", "--registry", REGISTRY,
-        "--base-image", BASE, "--no-tls-verify", *(f"--pip-find-links={d}" for d in FIND_LINKS),
-        "--platform-constraint", "linux/amd64=torch==2.13.0+cpu", "--json", timeout_s=1800,
-    )
-    assert build.returncode == 0, build.output
-    image = json.loads(build.stdout.strip().splitlines()[-1])["image"]
-
+    # No --image: submit builds the example's image for this machine (or finds it by its hash) and runs it.
     # The same settings as the local orchestrator's example test, which must reach 0.85.
     run = run_flops(
         "submit", example_repo.as_uri(), "--learners", "3", "--rounds", "3", "--orchestrator", "docker",
-        "--image", image, "--workdir", str(tmp_path / "work"), "--json", timeout_s=1800,
+        "--registry", REGISTRY, "--base-image", BASE, "--no-tls-verify",
+        *(f"--pip-find-links={d}" for d in FIND_LINKS), "--platform-constraint", "linux/amd64=torch==2.13.0+cpu",
+        "--workdir", str(tmp_path / "work"), "--json", timeout_s=1800,
     )
     assert run.returncode == 0, run.output
+    assert f"image {REGISTRY}/flops/" in run.stderr
     summary = json.loads(run.stdout.strip().splitlines()[-1])
     assert summary["status"] == "FINISHED"
     assert summary["rounds_completed"] == 3
