@@ -95,7 +95,7 @@ class ToolRunner:
         except OSError as exc:
             raise ToolError(tool, f"cannot start: {exc}") from exc
         tail: collections.deque[str] = collections.deque(maxlen=LAST_LINES)
-        stderr_tail: collections.deque[str] = collections.deque(maxlen=1)
+        stderr_tail: collections.deque[str] = collections.deque(maxlen=LAST_LINES)
         stdout_chunks: list[str] = []
 
         def pump_stderr() -> None:
@@ -119,8 +119,10 @@ class ToolRunner:
         reader.join()
         self._emit(f"# exit {code} after {time.monotonic() - started:.1f} s", quiet=True)
         if code != 0 and check:
-            output = "\n".join(tail)
-            # Tools report errors on stderr; the two streams interleave in no fixed order.
+            # Tools report errors on stderr, and the two streams interleave in no fixed order: stdout read
+            # after the error can push it out of the combined tail, so its stderr lines are kept in any case.
+            kept_errors = [ln for ln in stderr_tail if ln not in tail]
+            output = "\n".join([*list(tail)[len(kept_errors):], *kept_errors])
             last = stderr_tail[-1] if stderr_tail else next((ln for ln in reversed(tail) if ln.strip()), "")
             raise ToolError(tool, f"`{' '.join(args[:3])} ...` exited with {code}: {last}", output)
         return code, "".join(stdout_chunks)
