@@ -21,19 +21,9 @@ from flops.submission import root_overrides
 from image_builder import build_image
 from image_builder.flower_app import flower_app_spec
 
-from containers.support import BASE, CONSTRAINTS, FIND_LINKS, HERE, REGISTRY, require_containers
+from containers.support import BASE, CONSTRAINTS, FIND_LINKS, HERE, REGISTRY, docker_missing, require_containers
 
 pytestmark = pytest.mark.slow
-
-
-def docker_missing() -> str | None:
-    try:
-        import docker
-
-        docker.from_env().ping()
-    except Exception as exc:
-        return f"no Docker daemon ({exc}): run .ci/setup-containers.sh"
-    return None
 
 
 @pytest.fixture(scope="module")

@@ -8,24 +8,14 @@ from pathlib import Path
 import pytest
 
 from conftest import run_flops
-from containers.support import BASE, FIND_LINKS, REGISTRY, require_containers
+from containers.support import BASE, FIND_LINKS, REGISTRY, docker_missing, require_containers
 from flops.orchestrators.docker import RUN_LABEL
 
 pytestmark = pytest.mark.slow
 
 
-def _docker_ready() -> str | None:
-    try:
-        import docker
-
-        docker.from_env().ping()
-    except Exception as exc:
-        return f"no Docker daemon ({exc}): run .ci/setup-containers.sh"
-    return None
-
-
 def test_the_example_trains_in_containers_as_it_does_locally(example_repo: Path, tmp_path: Path) -> None:
-    require_containers(_docker_ready())
+    require_containers(docker_missing())
     import docker
 
     # No --image: submit builds the example's image for this machine (or finds it by its hash) and runs it.

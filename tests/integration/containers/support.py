@@ -44,3 +44,14 @@ def require_containers(extra: str | None = None) -> None:
         pytest.fail(reason)
     if reason:
         pytest.skip(reason)
+
+
+def docker_missing() -> str | None:
+    """Why the Docker daemon cannot be used here, or None when it answers."""
+    try:
+        import docker
+
+        docker.from_env().ping()
+    except Exception as exc:
+        return f"no Docker daemon ({exc}): run .ci/setup-containers.sh"
+    return None
