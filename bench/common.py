@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -14,6 +13,10 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+# The same port choice and probe as FLOps' orchestrators, so the plain-Flower baseline starts alike.
+from flops.orchestrators.base import port_open
+from flops.orchestrators.local import free_port  # noqa: F401 - re-exported for the bench scripts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -85,19 +88,11 @@ def mlflow_round_durations(tracking_uri: str, mlflow_run_id: str) -> list[float]
     return [m.value for m in sorted(history, key=lambda m: m.step) if m.step >= 1]
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_for_port(port: int, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.settimeout(0.5)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        if port_open(port):
+            return
         time.sleep(0.1)
     raise RuntimeError(f"nothing listens on port {port} after {timeout_s:.0f} s")
 

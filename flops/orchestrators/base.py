@@ -43,6 +43,13 @@ def node_config_text(node_config: dict[str, str | int]) -> str:
     return " ".join(f"{k}={json.dumps(v)}" for k, v in node_config.items())
 
 
+def port_open(port: int) -> bool:
+    """Whether something accepts connections on loopback PORT."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def wait_for_port(port: int, record: ComponentRecord, timeout_s: float, exit_reason: Callable[[], str | None]) -> None:
     """Poll until something listens on loopback PORT; fail at once if the component died.
 
@@ -53,10 +60,8 @@ def wait_for_port(port: int, record: ComponentRecord, timeout_s: float, exit_rea
         reason = exit_reason()
         if reason is not None:
             raise DeployError(f"{record.name} {reason} (log: {record.log_path})")
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.settimeout(0.5)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        if port_open(port):
+            return
         time.sleep(0.1)
     raise DeployError(f"{record.name} did not open port {port} within {timeout_s:.0f}s (log: {record.log_path})")
 
