@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up what FLOps image builds and their tests need on a Debian machine, as root; safe to run again.
-#   - buildah, skopeo, podman, runc, qemu-user-static, docker registry, mmdebstrap, docker.io
+#   - buildah, skopeo, podman, runc, qemu-user-static, docker registry, mmdebstrap, docker.io, and
+#     binutils for both architectures (image_builder strips shared libraries for the target)
 #   - binfmt_misc mounted and qemu-aarch64 enabled (only the emulated fallback and arm64 selfchecks use it)
 #   - a plain-HTTP registry on $FLOPS_REGISTRY (default 127.0.0.1:5000), a dockerd on the host network
 #   - a two-arch Debian python base image pushed as $FLOPS_REGISTRY/flops/python-base:3.11 (skipped when
@@ -10,6 +11,8 @@ set -euo pipefail
 
 REGISTRY="${FLOPS_REGISTRY:-127.0.0.1:5000}"
 BASE_REF="$REGISTRY/flops/python-base:3.11"
+# Bump when the recipe below changes: a registry holding an older base (a reused CI cache) gets it rebuilt.
+BASE_RECIPE=2
 SUITE="${FLOPS_BASE_SUITE:-bookworm}"  # bookworm's python3 is 3.11, the host's Python
 STATE_DIR="${FLOPS_CI_STATE:-/var/lib/flops-ci}"
 LOG_DIR="$STATE_DIR/logs"
@@ -24,7 +27,7 @@ step "packages"
 need=()
 for pair in buildah:buildah skopeo:skopeo podman:podman runc:runc qemu-aarch64-static:qemu-user-static \
     update-binfmts:binfmt-support docker-registry:docker-registry mmdebstrap:mmdebstrap dockerd:docker.io \
-    curl:curl; do
+    curl:curl x86_64-linux-gnu-strip:binutils-x86-64-linux-gnu aarch64-linux-gnu-strip:binutils-aarch64-linux-gnu; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if ((${#need[@]})); then
@@ -89,7 +92,9 @@ done_step
 
 has_both_arches() {
   skopeo inspect --raw --tls-verify=false "docker://$BASE_REF" 2>/dev/null \
-    | python3 -c 'import json,sys; m=json.load(sys.stdin); a={x["platform"]["architecture"] for x in m.get("manifests",[])}; sys.exit(0 if {"amd64","arm64"} <= a else 1)' 2>/dev/null
+    | python3 -c 'import json,sys; m=json.load(sys.stdin); a={x["platform"]["architecture"] for x in m.get("manifests",[])}; sys.exit(0 if {"amd64","arm64"} <= a else 1)' 2>/dev/null \
+  && skopeo inspect --tls-verify=false "docker://$BASE_REF" 2>/dev/null \
+    | python3 -c 'import json,sys; sys.exit(0 if (json.load(sys.stdin).get("Labels") or {}).get("io.flops.base.recipe") == sys.argv[1] else 1)' "$BASE_RECIPE" 2>/dev/null
 }
 
 step "python base image $BASE_REF"
@@ -103,9 +108,11 @@ else
   buildah manifest create "$list" >/dev/null
   for arch in amd64 arm64; do
     t=$(date +%s)
-    # minbase + python3; pip only serves the emulated-install fallback. No docs, no apt lists.
+    # minbase + python3, like python:3.11-slim; pip only serves the emulated-install fallback. No docs, no apt
+    # lists, and /usr merged by mmdebstrap's hook rather than the usrmerge package (which pulls in all of perl).
     mmdebstrap --variant=minbase --architectures="$arch" --format=tar \
       --include=python3,python3-pip,ca-certificates \
+      --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
       --aptopt='APT::Install-Recommends "false"' \
       --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
       --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
@@ -115,7 +122,7 @@ else
     ctr=$(buildah from --arch "$arch" scratch)
     buildah add "$ctr" "$work/rootfs-$arch.tar" / >/dev/null
     buildah config --os linux --arch "$arch" --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-      --env LANG=C.UTF-8 --cmd '["python3"]' "$ctr"
+      --env LANG=C.UTF-8 --label "io.flops.base.recipe=$BASE_RECIPE" --cmd '["python3"]' "$ctr"
     buildah commit --rm "$ctr" "localhost/flops/python-base:3.11-$arch" >/dev/null
     buildah manifest add "$list" "containers-storage:localhost/flops/python-base:3.11-$arch" >/dev/null
     echo "   $arch rootfs + image in $(( $(date +%s) - t )) s ($(du -m "$work/rootfs-$arch.tar" | cut -f1) MB tar)"

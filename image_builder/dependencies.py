@@ -11,6 +11,7 @@ from typing import Protocol
 
 from flops.errors import BuildError, ToolError
 from image_builder import commands as cmd
+from image_builder import slim
 from image_builder.keys import dependency_key
 from image_builder.spec import PLATFORM_MACHINES, BuildSpec
 from image_builder.tools import ToolRunner
@@ -92,6 +93,8 @@ def install_dependencies(
         else:
             if spec.requirements:
                 _portable_scripts(target / "bin")
+        if spec.prune or spec.strip:
+            _slim(spec, platform, target if not emulated else None, container, runner, report)
         with STORAGE_LOCK:
             if spec.requirements and not emulated:
                 runner.run(cmd.buildah_copy(container, target, cmd.DEPS_DIR), quiet=True)
@@ -106,6 +109,25 @@ def install_dependencies(
             runner.run(cmd.buildah_push(local, f"docker://{remote}", spec.tls_verify), quiet=True)
     report("done", step, f"built ({key[:12]}){' under emulation' if emulated else ''}", platform)
     return local, emulated
+
+
+def _slim(
+    spec: BuildSpec, platform: str, target: Path | None, container: str, runner: ToolRunner, report: Report
+) -> None:
+    """Prune and strip the installed dependencies: on the host (`target`), or inside the container's filesystem."""
+    mount = None
+    if target is None:
+        mount = runner.run(["buildah", "mount", container], quiet=True)[1].strip()
+        target = Path(mount) / cmd.DEPS_DIR.lstrip("/")
+    try:
+        removed = slim.prune(target, spec.prune)
+        stripped, saved = slim.strip_libraries(target, spec.strip, platform, runner)
+    finally:
+        if mount is not None:
+            runner.run(["buildah", "umount", container], quiet=True, check=False)
+    report("step", "dependency layer",
+           f"slimmed: pruned {removed / 1e6:.1f} MB, stripped {stripped} librar{'y' if stripped == 1 else 'ies'} "
+           f"(-{saved / 1e6:.1f} MB)", platform)
 
 
 def _portable_scripts(bin_dir: Path) -> None:

@@ -68,6 +68,8 @@ def dependency_key(spec: BuildSpec, platform: str, base_digest: str) -> str:
             "index_url": spec.pip_index_url,
             "extra_index_urls": spec.pip_extra_index_urls,
             "find_links": find_links_listing(spec.pip_find_links),
+            "prune": sorted(spec.prune),
+            "strip": sorted(spec.strip),
         }
     )
 

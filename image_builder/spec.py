@@ -30,6 +30,16 @@ class BuildSpec(BaseModel):
     platform_constraints: dict[str, list[str]] = Field(
         default_factory=dict, description="extra constraint lines per platform, e.g. {'linux/arm64': ['torch<=2.10']}"
     )
+    prune: list[str] = Field(
+        default_factory=list,
+        description="glob patterns, relative to the dependency folder, of installed files the image never runs "
+        "(e.g. 'torch/test'); deleted before the dependency layer is committed",
+    )
+    strip: list[str] = Field(
+        default_factory=list,
+        description="glob patterns of installed shared libraries whose symbol tables are dropped "
+        "(strip --strip-unneeded with the target platform's strip)",
+    )
     entrypoint: list[str] = Field(default_factory=list)
     cmd: list[str] = Field(default_factory=list)
     runtime_files: dict[str, str] = Field(
@@ -62,6 +72,14 @@ class BuildSpec(BaseModel):
         if unknown or not platforms:
             raise ValueError(f"unsupported platform(s) {unknown}; known: {', '.join(SUPPORTED_PLATFORMS)}")
         return list(dict.fromkeys(platforms))
+
+    @field_validator("prune", "strip")
+    @classmethod
+    def _relative_patterns(cls, patterns: list[str]) -> list[str]:
+        bad = [p for p in patterns if not p or p.startswith("/") or ".." in Path(p).parts]
+        if bad:
+            raise ValueError(f"patterns must be relative to the dependency folder, without '..': {bad}")
+        return patterns
 
     @field_validator("name")
     @classmethod

@@ -21,6 +21,8 @@ INSTALL_HINTS = {
     "skopeo": "apt-get install skopeo (or run .ci/setup-containers.sh)",
     "podman": "apt-get install podman runc (or run .ci/setup-containers.sh)",
     "uv": "pip install uv (it ships with `pip install flops[build]`)",
+    "x86_64-linux-gnu-strip": "apt-get install binutils-x86-64-linux-gnu (or run .ci/setup-containers.sh)",
+    "aarch64-linux-gnu-strip": "apt-get install binutils-aarch64-linux-gnu (or run .ci/setup-containers.sh)",
 }
 
 LAST_LINES = 25
