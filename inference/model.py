@@ -7,7 +7,6 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from inference.bundle import BundleMetadata, read_metadata
@@ -25,13 +24,17 @@ class ServedModel:
         # Exported (pt2) graphs and user modules are not documented as thread-safe; one pass at a time.
         self._lock = threading.Lock()
 
-    def predict(self, inputs: np.ndarray) -> np.ndarray:
-        """Mirror mlflow.pytorch._PyTorchWrapper.predict for numpy input on CPU, so outputs match bit for bit."""
+    def predict(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Mirror mlflow.pytorch._PyTorchWrapper.predict on CPU, so outputs match bit for bit.
+
+        MLflow runs torch.from_numpy(inputs) through the model under no_grad and returns outputs.numpy();
+        given a contiguous CPU tensor holding the same values, this runs the same forward pass on it.
+        """
         with self._lock, torch.no_grad():
-            outputs = self._forward(torch.from_numpy(inputs))
+            outputs = self._forward(inputs)
         if not isinstance(outputs, torch.Tensor):
             raise TypeError(f"the model returned {type(outputs).__name__}, expected one tensor")
-        return outputs.numpy()
+        return outputs
 
 
 # Hooks torch.export puts on the module it returns: a check that the inputs have the exported pytree

@@ -15,7 +15,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from inference.bundle import BundleMetadata, read_metadata
 from inference.metrics import MetricsMiddleware, ServerMetrics
 from inference.model import ServedModel
-from inference.payload import PredictRequest, PredictResponse, RequestRejected, encode_outputs, parse_inputs
+from inference.payload import (
+    PredictRequest,
+    PredictResponse,
+    RequestRejected,
+    encode_outputs,
+    parse_inputs,
+    torch_dtype,
+)
 from inference.settings import ServerSettings
 
 log = logging.getLogger("flops.inference")
@@ -46,6 +53,7 @@ class ModelSlot:
 def create_app(settings: ServerSettings, load_in_background: bool = True) -> FastAPI:
     """Build the app for the bundle in `settings.bundle_dir`; reads its metadata now and raises BundleError."""
     metadata = read_metadata(settings.bundle_dir)
+    torch_dtype(metadata.inputs.dtype)  # a dtype /predict cannot fill is a bad bundle, not a 500 per request
     metrics = ServerMetrics(metadata)
     slot = ModelSlot(settings.bundle_dir)
     app = FastAPI(
@@ -87,8 +95,9 @@ def _add_predict(
         },
     )
     async def predict(request: Request) -> Response:
-        # The body is parsed by hand, not by a pydantic parameter: orjson straight into numpy is ~5x faster
-        # and lets us answer 400 (not FastAPI's 422) for a body that is not JSON.
+        # The body is parsed by hand, not by a pydantic parameter: orjson straight into one torch tensor of the
+        # schema's dtype (no numpy in the image) is ~5x faster for a 32-row batch than FastAPI's json.loads plus
+        # pydantic, and lets us answer 400 (not FastAPI's 422) for a body that is not JSON.
         try:
             _check_content_type(request.headers.get("content-type"))
             body = await _read_limited(request, max_request_bytes)

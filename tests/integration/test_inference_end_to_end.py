@@ -196,12 +196,15 @@ def test_openapi_docs_are_served(server: str) -> None:
 
 
 def test_pickle_serialized_model_bundle_equals_pyfunc_exactly(tmp_path: Path) -> None:
+    import torch
+
     logged = log_digits_model(tmp_path, serialization_format="pickle")
     dest = tmp_path / "bundle"
     metadata = export_bundle(logged.model_uri, dest, tracking_uri=logged.tracking_uri)
     assert metadata.serialization == "pickle"
     inputs = logged.images[:64]
-    np.testing.assert_array_equal(ServedModel(dest).predict(inputs), pyfunc_predict(logged, inputs))
+    served = ServedModel(dest).predict(torch.from_numpy(inputs)).numpy()
+    np.testing.assert_array_equal(served, pyfunc_predict(logged, inputs))
 
 
 def test_run_uri_and_bare_run_id_export_the_same_registered_model(logged: LoggedModel, tmp_path: Path) -> None:

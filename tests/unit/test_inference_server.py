@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import os
+import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -93,7 +96,7 @@ def test_predict_returns_every_rows_outputs_in_order_and_argmax_labels(client: T
     rows = np.random.default_rng(1).random((5, 2, 2), dtype=np.float32)
     response = client.post("/predict", json={"inputs": rows.tolist()})
     assert response.status_code == 200, response.text
-    expected = ServedModel(bundle).predict(rows)
+    expected = ServedModel(bundle).predict(torch.from_numpy(rows)).numpy()
     predictions = np.asarray(response.json()["predictions"], dtype=np.float32)
     np.testing.assert_array_equal(predictions, expected)
     assert response.json()["labels"] == expected.argmax(axis=1).tolist()
@@ -110,7 +113,7 @@ def test_pickled_model_bundle_serves_the_same_outputs_as_the_module(tmp_path: Pa
     rows = np.random.default_rng(2).random((3, 2, 2), dtype=np.float32)
     with torch.no_grad():
         expected = torch.load(bundle / "model" / "model.pth", weights_only=False)(torch.from_numpy(rows)).numpy()
-    np.testing.assert_array_equal(ServedModel(bundle).predict(rows), expected)
+    np.testing.assert_array_equal(ServedModel(bundle).predict(torch.from_numpy(rows)).numpy(), expected)
 
 
 @pytest.mark.parametrize(
@@ -204,6 +207,14 @@ def test_unloadable_weights_make_health_and_ready_fail_with_the_reason(tmp_path:
         assert broken.post("/predict", json={"inputs": [[[1, 2], [3, 4]]]}).status_code == 503
 
 
+def test_bundle_with_an_input_dtype_json_cannot_fill_is_refused_at_startup(tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path)
+    metadata = read_metadata(bundle)
+    write_metadata(bundle, metadata.model_copy(update={"inputs": TensorSchema(dtype="complex64", shape=[-1, 2, 2])}))
+    with pytest.raises(BundleError, match="complex64"):
+        create_app(ServerSettings(bundle_dir=bundle), load_in_background=False)
+
+
 def test_directory_without_metadata_is_not_a_bundle(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match=METADATA_FILE):
         read_metadata(tmp_path)
@@ -214,3 +225,62 @@ def test_settings_from_environment_name_the_bad_variable() -> None:
     assert settings.port == 9000 and settings.bundle_dir == Path("/b")
     with pytest.raises(ConfigError, match=r"\$PORT='http'"):
         ServerSettings.from_environment({"PORT": "http"})
+
+
+# Runs in a fresh interpreter where `import numpy` raises ImportError, as in the serving image (no numpy there).
+NO_NUMPY_SERVER = textwrap.dedent(
+    """
+    import sys
+    sys.modules["numpy"] = None  # before anything else: every later `import numpy` raises ImportError
+
+    import json
+    from pathlib import Path
+
+    from fastapi.testclient import TestClient
+
+    import inference.__main__  # the image's entrypoint module, with everything it imports
+    from inference.server import create_app
+    from inference.settings import ServerSettings
+
+    app = create_app(ServerSettings(bundle_dir=Path(sys.argv[1])), load_in_background=False)
+    with TestClient(app) as client:
+        assert client.get("/ready").status_code == 200, client.get("/ready").text
+        good = client.post("/predict", content=sys.argv[2], headers={"content-type": "application/json"})
+        bad = client.post("/predict", json={"inputs": [[["a", "b"], ["c", "d"]]]})
+    print(json.dumps({"good": [good.status_code, good.json()], "bad": [bad.status_code, bad.json()]}))
+    """
+)
+
+
+def test_server_predicts_without_numpy_installed(bundle: Path) -> None:
+    rows = np.random.default_rng(3).random((4, 2, 2), dtype=np.float32)
+    expected = ServedModel(bundle).predict(torch.from_numpy(rows)).numpy()
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", NO_NUMPY_SERVER, str(bundle), json.dumps({"inputs": rows.tolist()})],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    status, body = result["good"]
+    assert status == 200, body
+    np.testing.assert_array_equal(np.asarray(body["predictions"], dtype=np.float32), expected)
+    assert body["labels"] == expected.argmax(axis=1).tolist()
+    assert result["bad"][0] == 422 and "got strings" in result["bad"][1]["detail"]
+
+
+SERVER_MODULES = ("server", "payload", "model", "bundle", "metrics", "settings", "errors", "__main__")
+
+
+@pytest.mark.parametrize("module", SERVER_MODULES)
+def test_server_modules_never_import_numpy(module: str) -> None:
+    # Also catches an import inside a function the subprocess test above does not reach.
+    path = Path(__file__).resolve().parents[2] / "inference" / f"{module}.py"
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            imported.add(node.module.split(".")[0])
+    assert "numpy" not in imported
