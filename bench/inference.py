@@ -221,9 +221,12 @@ def main() -> int:
         mlflow_model_dir = next(workdir.glob("mlartifacts/**/MLmodel")).parent
         if args.image_size:
             sizes = image_sizes(workdir, tracking_uri, model_uri, mlflow_model_dir)
-            print(f"linux/amd64 image, pushed bytes: flops {sizes['flops'] / 1e6:.1f} MB, "
-                  f"mlflow generate-dockerfile {sizes['mlflow'] / 1e6:.1f} MB, "
-                  f"ratio {sizes['flops'] / sizes['mlflow']:.2f}x")
+            base = sizes["base"]
+            print(f"linux/amd64 image, pushed bytes: flops {sizes['flops'] / 1e6:.1f} MB "
+                  f"(base {base / 1e6:.1f} + {(sizes['flops'] - base) / 1e6:.1f}), "
+                  f"mlflow generate-dockerfile {sizes['mlflow'] / 1e6:.1f} MB "
+                  f"(base {base / 1e6:.1f} + {(sizes['mlflow'] - base) / 1e6:.1f}), "
+                  f"ratio {sizes['flops'] / sizes['mlflow']:.3f}x")
             return 0
 
         ours_port, mlflow_port = free_port(), free_port()
@@ -336,7 +339,17 @@ def image_sizes(workdir: Path, tracking_uri: str, model_uri: str, mlflow_model_d
                          capture_output=True, text=True, check=True).stdout
     manifest = json.loads(raw)
     theirs = sum(layer["size"] for layer in manifest["layers"]) + manifest["config"]["size"]
-    return {"flops": ours.size_bytes["linux/amd64"], "mlflow": theirs}
+    base_manifest = json.loads(subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{BASE.rsplit(':', 1)[0]}@{_amd64_digest(BASE)}"],
+        capture_output=True, text=True, check=True).stdout)
+    base = sum(layer["size"] for layer in base_manifest["layers"])
+    return {"flops": ours.size_bytes["linux/amd64"], "mlflow": theirs, "base": base}
+
+
+def _amd64_digest(ref: str) -> str:
+    index = json.loads(subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+                                      capture_output=True, text=True, check=True).stdout)
+    return next(m["digest"] for m in index["manifests"] if m["platform"]["architecture"] == "amd64")
 
 
 def print_table(results: list[Result]) -> None:

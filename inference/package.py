@@ -22,10 +22,25 @@ SERVER_REQUIREMENTS = [
     "orjson>=3.9",
     "prometheus-client>=0.20",
     "pydantic>=2.6",
-    "numpy>=1.26",
+    # No numpy: the server parses and answers with torch alone (numpy + OpenBLAS are ~15 MB of the image).
     "torch",
     # Only unpickles models MLflow saved with serialization_format="pickle" whose classes went by value.
     "cloudpickle>=2",
+]
+# Installed files the server never loads (checked: an exported model loads and predicts without them, on both
+# platforms): torch's C++ tests, headers, CMake files and test binaries, other packages' test suites, type stubs,
+# and setuptools (torch lists it for building C++ extensions). torch.testing._internal and torchgen stay: torch
+# imports them at start-up.
+PRUNED_FILES = [
+    "torch/test", "torch/include", "torch/share", "torch/bin/test_*", "torch/bin/*Test", "torch/bin/protoc*",
+    "torch/lib/libjitbackend_test.so", "torch/lib/libtorchbind_test.so", "torch/lib/libbackend_with_compiler.so",
+    "sympy/**/tests", "networkx/**/tests", "mpmath/tests", "numpy/**/tests",
+    "**/*.pyi", "setuptools", "pkg_resources", "_distutils_hack",
+]
+# Symbol tables of compiled libraries (90 MB of libtorch_cpu.so alone). Libraries auditwheel vendored into
+# `<package>.libs/` are left alone: stripping a library patchelf rewrote can make it unloadable.
+STRIPPED_LIBRARIES = [
+    "torch/lib/*.so*", "torch/*.so", "uvloop/*.so", "httptools/parser/*.so", "pydantic_core/*.so", "orjson/*.so",
 ]
 # Modules of inference/ the server runs; export (MLflow) and launch (host side) stay out of the image.
 SERVER_MODULES = (
@@ -52,7 +67,7 @@ def stage_context(bundle_dir: Path, dest: Path) -> Path:
 def image_requirements(metadata: BundleMetadata) -> list[str]:
     """The server's requirements, plus for a pickled model the model's other ones as MLflow recorded them.
 
-    Where the model names a package the server also needs (torch, numpy, cloudpickle) the server's line wins:
+    Where the model names a package the server also needs (torch, cloudpickle) the server's line wins:
     torch's version is then chosen per platform by the build's constraints (arm64 stays on a CPU-only release)
     instead of the training machine's pin.
     """
@@ -84,6 +99,8 @@ def inference_image_spec(context_dir: Path, *, name: str | None = None, **build_
         name=name or default_image_name(metadata),
         context_dir=context_dir,
         requirements=image_requirements(metadata),
+        prune=PRUNED_FILES,
+        strip=STRIPPED_LIBRARIES,
         entrypoint=["python3", "-m", "inference"],
         cmd=[],
         env={"FLOPS_BUNDLE": IMAGE_BUNDLE_DIR, "PORT": "8080", "PYTHONUNBUFFERED": "1"},
