@@ -37,6 +37,32 @@ def test_the_example_trains_in_containers_as_it_does_locally(example_repo: Path,
     assert left == []
 
 
+def test_hierarchical_run_in_containers_drives_each_cluster_from_its_aggregator_container(
+    example_repo: Path, tmp_path: Path
+) -> None:
+    require_containers(docker_missing())
+    import docker
+
+    # Root SuperLink, two cluster SuperLinks, two cluster aggregators and four learners: nine containers of one
+    # image; each cluster aggregator runs its cluster's local rounds through the Control API from inside its own.
+    run = run_flops(
+        "submit", example_repo.as_uri(), "--learners", "4", "--clusters", "2", "--rounds", "2", "--local-rounds", "1",
+        "--orchestrator", "docker", "--registry", REGISTRY, "--base-image", BASE, "--no-tls-verify",
+        *(f"--pip-find-links={d}" for d in FIND_LINKS), "--platform-constraint", "linux/amd64=torch==2.13.0+cpu",
+        "--workdir", str(tmp_path / "work"), "--json", timeout_s=1800,
+    )
+    assert run.returncode == 0, run.output
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "FINISHED" and summary["rounds_completed"] == 2, summary
+    assert len(summary["clusters"]) == 2, summary
+    assert all(cluster["bytes_to_root"] > 0 and cluster["bytes_learners_to_cluster"] > 0
+               for cluster in summary["clusters"].values()), summary
+    assert summary["final_metrics"]["accuracy"] >= 0.5, summary
+    client = docker.from_env()
+    left = client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={summary['run_id']}"})
+    assert left == []
+
+
 def test_docker_without_an_image_is_bad_input(example_repo: Path, tmp_path: Path) -> None:
     result = run_flops("submit", example_repo.as_uri(), "--orchestrator", "docker",
                        "--workdir", str(tmp_path / "work"))
