@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flops.orchestrators.local import free_port  # noqa: E402
 from inference import launch  # noqa: E402
 from inference.export import export_bundle  # noqa: E402
 
@@ -95,12 +95,6 @@ def log_model(workdir: Path) -> tuple[str, str, np.ndarray]:
             code_paths=[str(workdir / "task.py")],
         )
     return tracking_uri, f"models:/bench-digits/{info.registered_model_version}", images
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_http_200(url: str, process: subprocess.Popen[bytes]) -> None:

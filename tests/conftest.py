@@ -166,6 +166,26 @@ class FlopsResult:
         return json.loads(lines[-1])
 
 
+@dataclass(frozen=True)
+class SubmittedRun:
+    """A `flops submit --json` that finished: where it worked, what the CLI printed, and its summary."""
+
+    workdir: Path
+    result: FlopsResult
+    summary: dict
+    repo: Path | None = None
+
+    @property
+    def client(self):  # noqa: ANN201 - MlflowClient, imported late: most tests never need MLflow
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.summary["tracking_uri"])
+
+    @property
+    def mlflow_run_id(self) -> str:
+        return self.summary["mlflow_run_id"]
+
+
 def run_flops(*args: str, timeout_s: float = 600, cwd: Path | None = None) -> FlopsResult:
     """Run the installed `flops` entry point in a subprocess and capture everything it prints."""
     started = time.monotonic()

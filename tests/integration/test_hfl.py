@@ -17,9 +17,8 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
 
-from conftest import FIXTURES_DIR, FlopsResult, assert_no_process_left, git_repo_of, run_flops, run_state
+from conftest import FIXTURES_DIR, SubmittedRun, assert_no_process_left, git_repo_of, run_flops, run_state
 
 pytestmark = pytest.mark.slow
 # Each module fixture runs on the first test that asks for it: its run counts against that test's timeout.
@@ -61,23 +60,8 @@ EXACT_TOPOLOGY = """\
 """
 
 
-@dataclass
-class Run:
-    workdir: Path
-    result: FlopsResult
-    summary: dict
-
-    @property
-    def client(self) -> MlflowClient:
-        return MlflowClient(tracking_uri=self.summary["tracking_uri"])
-
-    @property
-    def mlflow_run_id(self) -> str:
-        return self.summary["mlflow_run_id"]
-
-
 @pytest.fixture(scope="module")
-def exact_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+def exact_run(tmp_path_factory: pytest.TempPathFactory) -> SubmittedRun:
     base = tmp_path_factory.mktemp("hfl-exact")
     repo = git_repo_of(FIXTURES_DIR / "hfl_exact_task", base / "hfl-exact-task")
     topology = base / "two-clusters.yaml"
@@ -89,7 +73,7 @@ def exact_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
         "--workdir", str(workdir), "--json", timeout_s=900,
     )
     assert result.returncode == 0, result.output
-    return Run(workdir, result, result.last_json())
+    return SubmittedRun(workdir, result, result.last_json())
 
 
 def _expected_model(global_rounds: int) -> np.ndarray:
@@ -97,7 +81,7 @@ def _expected_model(global_rounds: int) -> np.ndarray:
 
 
 @pytest.mark.timeout(1200)
-def test_root_model_is_the_example_weighted_average_of_the_cluster_models(exact_run: Run) -> None:
+def test_root_model_is_the_example_weighted_average_of_the_cluster_models(exact_run: SubmittedRun) -> None:
     summary = exact_run.summary
     assert summary["status"] == "FINISHED", summary
     assert summary["rounds_completed"] >= 1
@@ -113,7 +97,9 @@ def test_root_model_is_the_example_weighted_average_of_the_cluster_models(exact_
 
 
 @pytest.mark.timeout(1200)
-def test_registered_model_holds_the_hand_computed_weights(exact_run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_registered_model_holds_the_hand_computed_weights(
+    exact_run: SubmittedRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
     summary = exact_run.summary
     assert summary["model_uri"], summary
     monkeypatch.setenv("MLFLOW_TRACKING_URI", summary["tracking_uri"])
@@ -124,7 +110,7 @@ def test_registered_model_holds_the_hand_computed_weights(exact_run: Run, monkey
 
 
 @pytest.mark.timeout(1200)
-def test_the_assignment_from_the_topology_file_is_printed(exact_run: Run) -> None:
+def test_the_assignment_from_the_topology_file_is_printed(exact_run: SubmittedRun) -> None:
     stderr = exact_run.result.stderr
     assert "cluster a: learner-0, learner-1" in stderr, stderr
     assert "cluster b: learner-2, learner-3" in stderr, stderr
@@ -132,7 +118,7 @@ def test_the_assignment_from_the_topology_file_is_printed(exact_run: Run) -> Non
 
 
 @pytest.mark.timeout(1200)
-def test_each_cluster_has_a_nested_mlflow_run_with_one_point_per_local_round(exact_run: Run) -> None:
+def test_each_cluster_has_a_nested_mlflow_run_with_one_point_per_local_round(exact_run: SubmittedRun) -> None:
     client, parent = exact_run.client, exact_run.mlflow_run_id
     experiment_id = client.get_run(parent).info.experiment_id
     nested = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
@@ -155,7 +141,7 @@ def test_each_cluster_has_a_nested_mlflow_run_with_one_point_per_local_round(exa
 
 
 @pytest.mark.timeout(1200)
-def test_clusters_report_the_examples_of_their_last_local_round_to_the_root(exact_run: Run) -> None:
+def test_clusters_report_the_examples_of_their_last_local_round_to_the_root(exact_run: SubmittedRun) -> None:
     client, parent = exact_run.client, exact_run.mlflow_run_id
     metrics = client.get_run(parent).data.metrics
     assert metrics["cluster_a_examples"] == EXAMPLES_A, metrics  # not 2 * 30, a running total
@@ -164,7 +150,7 @@ def test_clusters_report_the_examples_of_their_last_local_round_to_the_root(exac
 
 
 @pytest.mark.timeout(1200)
-def test_topology_picture_and_accuracy_curve_are_artifacts_of_the_parent_run(exact_run: Run) -> None:
+def test_topology_picture_and_accuracy_curve_are_artifacts_of_the_parent_run(exact_run: SubmittedRun) -> None:
     client, parent = exact_run.client, exact_run.mlflow_run_id
     topology = {a.path for a in client.list_artifacts(parent, "topology")}
     assert "topology/topology.png" in topology, topology
@@ -179,7 +165,7 @@ def test_topology_picture_and_accuracy_curve_are_artifacts_of_the_parent_run(exa
 
 
 @pytest.mark.timeout(1200)
-def test_bytes_are_counted_on_every_link_of_the_hierarchy(exact_run: Run) -> None:
+def test_bytes_are_counted_on_every_link_of_the_hierarchy(exact_run: SubmittedRun) -> None:
     summary = exact_run.summary
     rounds = summary["rounds_completed"]
     assert summary["bytes_total"] == BYTES_PER_GLOBAL_ROUND * rounds, summary
@@ -193,7 +179,7 @@ def test_bytes_are_counted_on_every_link_of_the_hierarchy(exact_run: Run) -> Non
 
 
 @pytest.mark.timeout(1200)
-def test_comm_budget_stops_the_run_cleanly_before_it_is_exceeded(exact_run: Run) -> None:
+def test_comm_budget_stops_the_run_cleanly_before_it_is_exceeded(exact_run: SubmittedRun) -> None:
     summary = exact_run.summary
     assert exact_run.result.returncode == 0
     assert summary["status"] == "FINISHED", summary
@@ -214,8 +200,8 @@ TRAINING_FLAGS = ("--epochs", "1", "--batch-size", "32", "--lr", "0.005", "--rou
 
 @dataclass
 class CnnRuns:
-    hierarchical: Run
-    flat: Run
+    hierarchical: SubmittedRun
+    flat: SubmittedRun
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +213,7 @@ def cnn_runs(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Cn
         result = run_flops("submit", example_repo.as_uri(), *shape, *TRAINING_FLAGS, "--workdir", str(workdir),
                            "--json", timeout_s=1500)
         assert result.returncode == 0, f"{kind} run failed:\n{result.output}"
-        runs[kind] = Run(workdir, result, result.last_json())
+        runs[kind] = SubmittedRun(workdir, result, result.last_json())
     return CnnRuns(**runs)
 
 

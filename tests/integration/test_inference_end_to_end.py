@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 from cli.inference import resolve_model_ref
+from flops.orchestrators.local import free_port
 from inference import launch
 from inference.errors import BundleError
 from inference.export import export_bundle
@@ -113,12 +113,6 @@ def pyfunc_predict(model: LoggedModel, inputs: np.ndarray) -> np.ndarray:
     mlflow.set_tracking_uri(model.tracking_uri)
     mlflow.set_registry_uri(model.tracking_uri)
     return mlflow.pyfunc.load_model(model.model_uri).predict(inputs)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -6,16 +6,14 @@ One expensive run per session (the `example_run` fixture); every test below asse
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
 
-from conftest import FlopsResult, assert_no_process_left, run_flops, run_git, run_state, wait_for
+from conftest import SubmittedRun, assert_no_process_left, run_flops, run_git, run_state, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -23,30 +21,18 @@ ROUNDS = 3
 LEARNERS = 3
 
 
-@dataclass
-class ExampleRun:
-    repo: Path
-    workdir: Path
-    result: FlopsResult
-    summary: dict
-
-    @property
-    def client(self) -> MlflowClient:
-        return MlflowClient(tracking_uri=self.summary["tracking_uri"])
-
-
 @pytest.fixture(scope="module")
-def example_run(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> ExampleRun:
+def example_run(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> SubmittedRun:
     workdir = tmp_path_factory.mktemp("example-work")
     result = run_flops(
         "submit", example_repo.as_uri(), "--learners", str(LEARNERS), "--rounds", str(ROUNDS),
         "--workdir", str(workdir), "--json",
     )
     assert result.returncode == 0, result.output
-    return ExampleRun(example_repo, workdir, result, result.last_json())
+    return SubmittedRun(workdir, result, result.last_json(), repo=example_repo)
 
 
-def test_example_finishes_with_a_json_summary(example_run: ExampleRun) -> None:
+def test_example_finishes_with_a_json_summary(example_run: SubmittedRun) -> None:
     summary = example_run.summary
     assert summary["status"] == "FINISHED", summary
     assert summary["rounds_completed"] == ROUNDS
@@ -56,21 +42,21 @@ def test_example_finishes_with_a_json_summary(example_run: ExampleRun) -> None:
     assert summary["source_url"] == example_run.repo.as_uri()
 
 
-def test_example_prints_no_traceback(example_run: ExampleRun) -> None:
+def test_example_prints_no_traceback(example_run: SubmittedRun) -> None:
     assert "Traceback" not in example_run.result.output
 
 
-def test_example_leaves_no_process_behind(example_run: ExampleRun) -> None:
+def test_example_leaves_no_process_behind(example_run: SubmittedRun) -> None:
     assert_no_process_left(example_run.summary["run_id"], grace_s=0)
 
 
-def test_example_state_file_agrees_with_the_summary(example_run: ExampleRun) -> None:
+def test_example_state_file_agrees_with_the_summary(example_run: SubmittedRun) -> None:
     state = run_state(example_run.workdir, example_run.summary["run_id"])
     assert (state["status"], state["phase"], state["rounds_completed"]) == ("FINISHED", "done", ROUNDS)
     assert state["mlflow_run_id"] == example_run.summary["mlflow_run_id"]
 
 
-def test_mlflow_run_is_finished_and_pinned_to_the_repos_head(example_run: ExampleRun) -> None:
+def test_mlflow_run_is_finished_and_pinned_to_the_repos_head(example_run: SubmittedRun) -> None:
     run = example_run.client.get_run(example_run.summary["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     params = run.data.params
@@ -81,7 +67,9 @@ def test_mlflow_run_is_finished_and_pinned_to_the_repos_head(example_run: Exampl
     assert params["flwr_version"] == version("flwr")
 
 
-def test_mlflow_has_one_point_per_round_for_central_and_aggregated_learner_metrics(example_run: ExampleRun) -> None:
+def test_mlflow_has_one_point_per_round_for_central_and_aggregated_learner_metrics(
+    example_run: SubmittedRun,
+) -> None:
     client, run_id = example_run.client, example_run.summary["mlflow_run_id"]
     keys = set(client.get_run(run_id).data.metrics)
     per_round = {"central_accuracy", "central_loss"} | {k for k in keys if k.startswith(("train_", "evaluate_"))}
@@ -95,7 +83,7 @@ def test_mlflow_has_one_point_per_round_for_central_and_aggregated_learner_metri
     assert final == pytest.approx(example_run.summary["final_metrics"]["accuracy"])
 
 
-def test_generated_app_and_config_are_logged_as_artifacts(example_run: ExampleRun) -> None:
+def test_generated_app_and_config_are_logged_as_artifacts(example_run: SubmittedRun) -> None:
     client, run_id = example_run.client, example_run.summary["mlflow_run_id"]
     app = {Path(a.path).name for a in client.list_artifacts(run_id, "flower_app")}
     assert {"pyproject.toml", "flops_app", "user"} <= app, app
@@ -109,7 +97,7 @@ def test_generated_app_and_config_are_logged_as_artifacts(example_run: ExampleRu
     assert (config["rounds"], config["learners"]) == (ROUNDS, LEARNERS)
 
 
-def test_registered_model_loads_and_predicts_digits(example_run: ExampleRun, monkeypatch) -> None:
+def test_registered_model_loads_and_predicts_digits(example_run: SubmittedRun, monkeypatch) -> None:
     from sklearn.datasets import load_digits
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", example_run.summary["tracking_uri"])
@@ -121,7 +109,7 @@ def test_registered_model_loads_and_predicts_digits(example_run: ExampleRun, mon
     assert (predictions.argmax(axis=1) == load_digits().target[:16]).mean() >= 0.7
 
 
-def test_second_submit_of_the_same_repo_reuses_the_cached_environment(example_run: ExampleRun) -> None:
+def test_second_submit_of_the_same_repo_reuses_the_cached_environment(example_run: SubmittedRun) -> None:
     envs = [p for p in (example_run.workdir / "cache" / "envs").iterdir() if p.is_dir()]
     assert len(envs) == 1, envs
     marker = next(envs[0].glob(".flops-env-complete"))
