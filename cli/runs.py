@@ -124,13 +124,12 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
 def _build_run_image(plan: RunPlan, registry: str, base_image: str | None, pip_find_links: list[str],
                      platform_constraints: tuple[str, ...], tls_verify: bool) -> str:
     """The run's app as an image for this machine's platform, built or found in the registry by its hash."""
-    import platform as host
-
     from cli.build import ProgressPrinter, app_requirements, image_name, parse_platform_constraints
     from image_builder import build_image
     from image_builder.flower_app import flower_app_spec
+    from image_builder.spec import host_platform
 
-    target = "linux/arm64" if host.machine() in ("aarch64", "arm64") else "linux/amd64"
+    target = host_platform() or "linux/amd64"
     spec = flower_app_spec(
         plan.app_dir, name=image_name(plan.source_name), requirements=app_requirements(plan.dependencies),
         source_url=plan.source_url, commit=plan.commit, platforms=[target], registry=registry,

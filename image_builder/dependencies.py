@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform as host
 import shutil
 import threading
 from pathlib import Path
@@ -13,7 +12,7 @@ from flops.errors import BuildError, ToolError
 from image_builder import commands as cmd
 from image_builder import slim
 from image_builder.keys import dependency_key
-from image_builder.spec import PLATFORM_MACHINES, BuildSpec
+from image_builder.spec import PLATFORM_MACHINES, BuildSpec, host_platform
 from image_builder.tools import ToolRunner
 
 CACHE_REPO = "flops-cache/deps"
@@ -146,9 +145,9 @@ def _portable_scripts(bin_dir: Path) -> None:
 
 
 def qemu_ready(platform: str) -> bool:
-    machine = PLATFORM_MACHINES[platform]
-    if machine == host.machine():
+    if platform == host_platform():
         return True
+    machine = PLATFORM_MACHINES[platform]
     status = Path(f"/proc/sys/fs/binfmt_misc/qemu-{machine}")
     return status.exists() and "enabled" in status.read_text()
 

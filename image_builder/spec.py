@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform as host
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,14 @@ PLATFORM_WHEEL_TAGS = {
     "linux/arm64": "aarch64-manylinux_2_36",
 }
 PLATFORM_MACHINES = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
+# Other names machines give themselves for the same architectures (macOS says arm64).
+_MACHINE_ALIASES = {"arm64": "aarch64", "amd64": "x86_64"}
+
+
+def host_platform() -> str | None:
+    """The supported platform this machine runs natively (its images need no emulation), or None."""
+    machine = _MACHINE_ALIASES.get(host.machine().lower(), host.machine())
+    return next((p for p, m in PLATFORM_MACHINES.items() if m == machine), None)
 
 
 class BuildSpec(BaseModel):

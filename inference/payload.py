@@ -174,10 +174,12 @@ def _tensor(batch: list[Any], dtype: torch.dtype | None, schema: TensorSchema) -
         tensor = torch.tensor(batch, dtype=dtype)
     except (TypeError, ValueError, RuntimeError, OverflowError):
         tensor = None
-    # torch stops reading at an empty list: it takes [[], [1, 2]] or [[], 3] for shape [2, 0], so check those.
-    if tensor is not None and (tensor.numel() or _structure(batch)[0] is not None):
+    if tensor is not None and tensor.numel():
         return tensor
+    # torch stops reading at an empty list: it takes [[], [1, 2]] or [[], 3] for shape [2, 0], so check those.
     shape, leaf_types = _structure(batch)
+    if tensor is not None and shape is not None:
+        return tensor
     if shape is None or not leaf_types <= {bool, int, float, str}:  # numpy: an object array, or refused
         raise RequestRejected(
             422, f"inputs must have shape {_shape_text(schema.shape)}, got a ragged or mixed-type list"

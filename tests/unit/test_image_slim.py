@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -14,10 +13,10 @@ import pytest
 
 from flops.errors import ConfigError
 from image_builder import slim
-from image_builder.spec import BuildSpec
+from image_builder.spec import BuildSpec, host_platform
 from image_builder.tools import ToolRunner
 
-HOST_PLATFORM = {"x86_64": "linux/amd64", "aarch64": "linux/arm64"}.get(platform.machine())
+HOST_PLATFORM = host_platform()
 
 
 def test_prune_removes_matching_files_and_folders_only(tmp_path: Path) -> None:
