@@ -18,7 +18,7 @@ from flops.orchestrators import NEEDS_IMAGE, ORCHESTRATORS
 from flops.plan import RunPlan
 from flops.runstate import RunState, latest_run_id, list_states, load_state
 
-# flops.submission pulls in MLflow (seconds of imports): loaded by the commands that run or stop runs only.
+# flops.execution pulls in MLflow (seconds of imports): loaded by the commands that run or stop runs only.
 
 EXIT_CODES = {"FINISHED": 0, "FAILED": 1, "STOPPED": 1}
 
@@ -80,7 +80,8 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
                    tls_verify: bool, tracking_uri: str | None, workdir: Path,
                    as_json: bool, detach: bool) -> None:
     """Fetch SOURCE (git URL or path), check it, and run it as a federation tracked in MLflow."""
-    from flops.submission import execute_run, prepare_run
+    from flops.execution import execute_run
+    from flops.preparation import prepare_run
     from flops.tracking import default_tracking_uri
 
     config = load_config(config_file, {
@@ -155,7 +156,7 @@ def _start_detached(plan: RunPlan) -> None:
 @reports_errors
 def execute_command(run_dir: Path) -> None:
     """Internal: the controller of a detached run."""
-    from flops.submission import execute_run
+    from flops.execution import execute_run
 
     state = execute_run(RunPlan.load(run_dir), make_progress(quiet=True))
     sys.exit(EXIT_CODES[state.status])
@@ -224,7 +225,7 @@ def logs_command(run_id: str, component: str, follow: bool, workdir: Path) -> No
 @reports_errors
 def stop_command(run_id: str, workdir: Path) -> None:
     """Stop a run and everything it started."""
-    from flops.submission import stop_run
+    from flops.execution import stop_run
 
     state = stop_run(workdir, run_id)
     click.echo(f"run {run_id}: {state.status}")

@@ -17,7 +17,7 @@ from flops.errors import DeployError
 from flops.flower_control import FlowerControl
 from flops.orchestrators.docker import RUN_LABEL, DockerOrchestrator
 from flops.plan import LearnerSpec, RunPlan
-from flops.submission import root_overrides
+from flops.flower_run_config import root_overrides
 from image_builder import build_image
 from image_builder.flower_app import flower_app_spec
 
