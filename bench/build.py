@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cli.build import app_requirements  # noqa: E402
+from flops.app_image import app_requirements  # noqa: E402
 from image_builder import BuildResult, BuildSpec, build_image  # noqa: E402
 from image_builder.flower_app import flower_app_spec, render_image_template  # noqa: E402
 

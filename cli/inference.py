@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 from pathlib import Path
 
@@ -11,40 +10,10 @@ import click
 
 from cli.errors import reports_errors
 from cli.options import workdir_option
+from cli.progress import ProgressPrinter
+from flops.app_image import parse_platform_constraints
+from flops.model_ref import resolve_model
 from inference.settings import DEFAULT_PORT
-
-_MLFLOW_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-def resolve_model_ref(ref: str) -> str:
-    """MODEL_URI (models:/, runs:/, a model dir) as given; a bare MLflow run id becomes runs:/<id>/model."""
-    if ":/" in ref or Path(ref).is_dir() or not _MLFLOW_RUN_ID.match(ref):
-        return ref
-    return f"runs:/{ref}/model"
-
-
-def resolve_model(ref: str, tracking_uri: str | None, workdir: Path) -> tuple[str, str | None]:
-    """(model URI, tracking URI) for a FLOps RUN_ID in `workdir`, an MLflow run id, or a model URI or dir.
-
-    A FLOps run names the model it registered and the store it used; otherwise the store is --tracking-uri,
-    else the embedded one in `workdir`.
-    """
-    from flops.errors import BadInputError
-    from flops.runstate import load_state, runs_dir
-    from flops.tracking import default_tracking_uri
-
-    if Path(ref).is_dir():
-        return ref, tracking_uri  # a model directory carries everything; provenance only from a named store
-    if ":/" not in ref and (runs_dir(workdir) / ref / "state.json").is_file():
-        state = load_state(workdir, ref)
-        if not state.model_uri:
-            raise BadInputError(
-                f"run {ref} has no registered model (status {state.status}, phase {state.phase});"
-                " a run registers its model when it completes"
-            )
-        return state.model_uri, tracking_uri or state.tracking_uri or default_tracking_uri(workdir)
-    return resolve_model_ref(ref), tracking_uri or default_tracking_uri(workdir)
-
 
 tracking_option = click.option(
     "--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow store holding the model, e.g. sqlite:///WORKDIR/mlflow.db"
@@ -136,7 +105,6 @@ def package_command(
     no_cache: bool, output: str | None, tls_verify: bool, as_json: bool,
 ) -> None:
     """Build a multi-arch inference image of a logged model: the server and the model, no MLflow inside."""
-    from cli.build import ProgressPrinter, parse_platform_constraints
     from flops.errors import ConfigError
     from image_builder import build_image
     from inference.export import export_bundle

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import click
 
-
-def default_workdir() -> Path:
-    return Path(os.environ.get("FLOPS_HOME", Path.home() / ".flops"))
-
+from flops.workdir import default_workdir
 
 workdir_option = click.option(
     "--workdir", type=click.Path(file_okay=False, path_type=Path), default=default_workdir,

@@ -1,12 +1,14 @@
-"""Live progress of a run: a rich status line on a TTY, plain lines otherwise."""
+"""Live progress of a run or an image build: rich on a TTY, plain lines otherwise."""
 
 from __future__ import annotations
 
 import sys
 
+import click
 from rich.console import Console
 
 from flops.runstate import RunState
+from image_builder import ProgressEvent
 
 
 def _round_line(state: RunState) -> str:
@@ -60,3 +62,25 @@ class RichProgress:
 
 def make_progress(quiet: bool = False) -> PlainProgress | RichProgress:
     return RichProgress() if sys.stderr.isatty() and not quiet else PlainProgress()
+
+
+class ProgressPrinter:
+    """Steps per platform: coloured with rich on a terminal, plain lines otherwise; tool output in the log only."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.console = Console(stderr=True) if self.tty else None
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.kind == "line":
+            return
+        where = event.platform or "all"
+        step = f"{event.step} done" if event.kind == "done" else event.step
+        text = f"[{where}] {step}" + (f": {event.message}" if event.message else "")
+        if self.console is None:
+            click.echo(("warning: " if event.kind == "warning" else "") + text, err=True)
+            return
+        style = {"step": "cyan", "done": "green", "warning": "bold yellow"}[event.kind]
+        mark = {"step": "…", "done": "✓", "warning": "!"}[event.kind]
+        self.console.print(f"[{style}]{mark}[/] [dim]{where:<12}[/] {event.step}"
+                           + (f" [dim]{event.message}[/]" if event.message else ""), highlight=False)

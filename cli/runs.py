@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import time
@@ -11,16 +12,16 @@ import click
 
 from cli.errors import reports_errors
 from cli.options import echo_json, json_option, workdir_option
-from cli.progress import make_progress
+from cli.progress import ProgressPrinter, make_progress
+from flops.app_image import ImageOptions, build_run_image
 from flops.config import load_config
-from flops.errors import BadInputError, ConfigError, FlopsError
+from flops.controller import EXIT_CODES, start_detached
+from flops.errors import BadInputError, ConfigError
 from flops.orchestrators import NEEDS_IMAGE, ORCHESTRATORS
 from flops.plan import RunPlan
 from flops.runstate import RunState, latest_run_id, list_states, load_state
 
 # flops.execution pulls in MLflow (seconds of imports): loaded by the commands that run or stop runs only.
-
-EXIT_CODES = {"FINISHED": 0, "FAILED": 1, "STOPPED": 1}
 
 
 def _report(state: RunState, as_json: bool) -> None:
@@ -91,27 +92,20 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
         "comm_budget": comm_budget, "target_accuracy": target_accuracy,
     })
     workdir = workdir.resolve()
-    build_options = None
+    build_image = None
     if orchestrator in NEEDS_IMAGE and not image:
         if not registry:
             raise ConfigError(f"--orchestrator {orchestrator} runs a FLOps image: pass --image, or --registry to build one")
-        build_options = {"registry": registry, "base_image": base_image, "pip_find_links": list(pip_find_links),
-                         "platform_constraints": platform_constraints, "tls_verify": tls_verify}
+        options = ImageOptions(registry=registry, base_image=base_image, pip_find_links=list(pip_find_links),
+                               platform_constraints=list(platform_constraints), tls_verify=tls_verify)
+        build_image = functools.partial(_run_image, options=options)
     progress = make_progress()
     plan = prepare_run(source, ref, config, workdir, orchestrator, tracking_uri or default_tracking_uri(workdir),
-                       progress, topology_file, image)
-    if build_options is not None:
-        try:
-            plan = plan.model_copy(update={"image": _build_run_image(plan, **build_options)})
-        except FlopsError as exc:
-            load_state(workdir, plan.run_id).update(status="FAILED", phase="building image", message=str(exc))
-            raise
-        plan.save()
+                       progress, topology_file, image, build_image)
     for cluster in plan.clusters:
         click.echo(f"cluster {cluster.name}: {', '.join(l.name for l in cluster.learners)}", err=True)
     if detach:
-        _start_detached(plan)
-        state = load_state(workdir, plan.run_id)
+        state = start_detached(plan)
         if as_json:
             echo_json({"run_id": plan.run_id, "status": state.status, "run_dir": str(plan.run_dir)})
         else:
@@ -122,44 +116,10 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
     sys.exit(EXIT_CODES[state.status])
 
 
-def _build_run_image(plan: RunPlan, registry: str, base_image: str | None, pip_find_links: list[str],
-                     platform_constraints: tuple[str, ...], tls_verify: bool) -> str:
-    """The run's app as an image for this machine's platform, built or found in the registry by its hash."""
-    from cli.build import ProgressPrinter, app_requirements, image_name, parse_platform_constraints
-    from image_builder import build_image
-    from image_builder.flower_app import flower_app_spec
-    from image_builder.spec import host_platform
-
-    target = host_platform() or "linux/amd64"
-    spec = flower_app_spec(
-        plan.app_dir, name=image_name(plan.source_name), requirements=app_requirements(plan.dependencies),
-        source_url=plan.source_url, commit=plan.commit, platforms=[target], registry=registry,
-        base_image=base_image, pip_find_links=pip_find_links, tls_verify=tls_verify,
-        platform_constraints=parse_platform_constraints(platform_constraints, [target]),
-    )
-    result = build_image(spec, progress=ProgressPrinter())
+def _run_image(plan: RunPlan, options: ImageOptions) -> str:
+    result = build_run_image(plan, options, progress=ProgressPrinter())
     click.echo(f"image {result.image}{' (cached)' if result.cached else ''}", err=True)
     return result.image
-
-
-def _start_detached(plan: RunPlan) -> None:
-    """Run the controller in its own session; it survives this shell and writes state.json as it goes."""
-    with open(plan.logs_dir / "controller.log", "ab") as log:
-        controller = subprocess.Popen([sys.executable, "-m", "cli.main", "_execute", str(plan.run_dir)],
-                                      stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-    # Recorded at once, so a `flops stop` right after this finds the controller to signal.
-    load_state(plan.run_dir.parent.parent, plan.run_id).update(controller_pid=controller.pid)
-
-
-@click.command("_execute", hidden=True)
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@reports_errors
-def execute_command(run_dir: Path) -> None:
-    """Internal: the controller of a detached run."""
-    from flops.execution import execute_run
-
-    state = execute_run(RunPlan.load(run_dir), make_progress(quiet=True))
-    sys.exit(EXIT_CODES[state.status])
 
 
 @click.command("status")

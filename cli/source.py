@@ -8,12 +8,9 @@ import click
 
 from cli.errors import reports_errors
 from cli.options import echo_json, json_option, workdir_option
-from flops.augment import AppSpec, augment_app
 from flops.config import config_json_schema, load_config
-from flops.contract import check_contract, run_import_check
-from flops.dependencies import read_dependencies
-from flops.environment import ensure_run_env
-from flops.intake import fetch_source
+from flops.preparation import augment_source, validate_source
+from flops.workdir import cache_dir
 
 
 @click.command("validate")
@@ -24,11 +21,7 @@ from flops.intake import fetch_source
 @reports_errors
 def validate_command(source: str, ref: str | None, workdir: Path, as_json: bool) -> None:
     """Check that SOURCE fits the ML contract: static check, then an import check in its environment."""
-    cache_dir = workdir.resolve() / "cache"
-    src = fetch_source(source, ref, cache_dir)
-    spec = check_contract(src.path)
-    python = ensure_run_env(read_dependencies(src.path), cache_dir)
-    probe = run_import_check(spec, python)
+    src, spec, probe = validate_source(source, ref, cache_dir(workdir))
     if as_json:
         echo_json({"source_url": src.url, "commit": src.commit, "task": spec.task_label, **probe.model_dump()})
         return
@@ -40,20 +33,16 @@ def validate_command(source: str, ref: str | None, workdir: Path, as_json: bool)
 @click.argument("source")
 @click.option("--ref", help="Branch, tag or commit.")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Directory to write the Flower app into (replaced).")
+              help="Directory to write the Flower app into (must be empty or missing unless --force).")
+@click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path))
 @workdir_option
 @reports_errors
-def augment_command(source: str, ref: str | None, output: Path, config_file: Path | None, workdir: Path) -> None:
+def augment_command(source: str, ref: str | None, output: Path, force: bool, config_file: Path | None,
+                    workdir: Path) -> None:
     """Write the Flower app FLOps generates for SOURCE, for inspection or for `flwr run`."""
-    src = fetch_source(source, ref, workdir.resolve() / "cache")
-    spec = check_contract(src.path)
-    app_dir = augment_app(
-        AppSpec(source_url=src.url, source_name=src.name, commit=src.commit, code_dir=spec.code_dir,
-                task_module=spec.task_module, dependencies=read_dependencies(src.path)),
-        load_config(config_file, {}), output,
-    )
-    click.echo(str(app_dir))
+    app = augment_source(source, ref, load_config(config_file, {}), cache_dir(workdir), output, force=force)
+    click.echo(str(app.app_dir))
 
 
 @click.command("schema")

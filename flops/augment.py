@@ -6,14 +6,15 @@ import shutil
 from importlib.metadata import version
 from pathlib import Path
 
-import jinja2
 from pydantic import BaseModel
+
+from flops_templates import render_tree
 
 from flops import __version__
 from flops.config import RunConfig
+from flops.slug import slug
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
-FLOWER_APP_TEMPLATE = TEMPLATES_DIR / "flower_app"
+FLOWER_APP_TEMPLATE = "flower_app"  # under templates/
 USER_CODE_DIRNAME = "user"
 # Never copied into the app: VCS data and caches are not the user's code.
 _IGNORED = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".venv", ".flwr")
@@ -32,35 +33,12 @@ class AppSpec(BaseModel):
 
 def app_name(source_name: str) -> str:
     """A valid Python project name for the generated app."""
-    cleaned = "".join(c if c.isalnum() else "-" for c in source_name.lower()).strip("-")
-    return f"flops-{cleaned or 'app'}"
+    return f"flops-{slug(source_name)}"
 
 
 def _flwr_version_range() -> tuple[str, str]:
     major, minor, *_ = version("flwr").split(".")
     return f"{major}.{minor}.0", f"{major}.{int(minor) + 1}"
-
-
-def render_template_tree(template_dir: Path, out_dir: Path, context: dict) -> None:
-    """Copy a template tree: `*.j2` files are rendered (StrictUndefined), other files copied verbatim."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(template_dir)),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-    for src in sorted(template_dir.rglob("*")):
-        if src.is_dir() or "__pycache__" in src.parts:
-            continue
-        rel = src.relative_to(template_dir)
-        if src.suffix == ".j2":
-            dest = out_dir / rel.with_suffix("")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_text(env.get_template(rel.as_posix()).render(**context))
-        else:
-            dest = out_dir / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dest)
 
 
 def augment_app(spec: AppSpec, config: RunConfig, out_dir: Path) -> Path:
@@ -69,7 +47,7 @@ def augment_app(spec: AppSpec, config: RunConfig, out_dir: Path) -> Path:
         shutil.rmtree(out_dir)
     shutil.copytree(spec.code_dir, out_dir / USER_CODE_DIRNAME, ignore=_IGNORED)
     flwr_version, flwr_next_minor = _flwr_version_range()
-    render_template_tree(
+    render_tree(
         FLOWER_APP_TEMPLATE,
         out_dir,
         {

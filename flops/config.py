@@ -7,31 +7,37 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 from flops.errors import ConfigError
+
+# Every number a user gives is finite, and an integer is an integer (YAML `true` is not 1). The upper bounds
+# catch typos (`--rounds 99999999999999999999`) long before Flower's 64-bit config values would.
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+MAX_ROUNDS = 100_000
+MAX_LEARNERS = 10_000
 
 
 class StrategyConfig(BaseModel):
     """Server-side strategy, named as in Flower's tutorials."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     name: Literal["fedavg"] = "fedavg"
     fraction_train: float = Field(1.0, gt=0.0, le=1.0, description="Fraction of learners sampled for training each round.")
     fraction_evaluate: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of learners sampled for evaluation.")
-    min_train_nodes: int | None = Field(None, ge=1, description="Minimum learners per training round (default: all).")
-    min_evaluate_nodes: int | None = Field(None, ge=0, description="Minimum learners per evaluation round (default: all).")
-    min_available_nodes: int | None = Field(None, ge=1, description="Learners that must be connected before a round starts (default: all).")
+    min_train_nodes: StrictInt | None = Field(None, ge=1, le=MAX_LEARNERS, description="Minimum learners per training round (default: all).")
+    min_evaluate_nodes: StrictInt | None = Field(None, ge=0, le=MAX_LEARNERS, description="Minimum learners per evaluation round (default: all).")
+    min_available_nodes: StrictInt | None = Field(None, ge=1, le=MAX_LEARNERS, description="Learners that must be connected before a round starts (default: all).")
 
 
 class TrainingConfig(BaseModel):
     """What each learner does in a round."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
-    local_epochs: int = Field(1, ge=1, description="Epochs of local training per round.")
-    batch_size: int = Field(32, ge=1)
+    local_epochs: StrictInt = Field(1, ge=1, le=MAX_ROUNDS, description="Epochs of local training per round.")
+    batch_size: StrictInt = Field(32, ge=1, le=2**31 - 1)
     learning_rate: float = Field(0.01, gt=0.0)
     device: str = Field("cpu", description="torch device string passed to train() and test().")
 
@@ -39,14 +45,14 @@ class TrainingConfig(BaseModel):
 class RunConfig(BaseModel):
     """Everything that shapes one federated run; flags on `flops submit` override the file."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
-    rounds: int = Field(3, ge=1, description="Global rounds.")
-    learners: int = Field(2, ge=1, description="Learners (SuperNodes); learner i trains on partition i of N.")
+    rounds: StrictInt = Field(3, ge=1, le=MAX_ROUNDS, description="Global rounds.")
+    learners: StrictInt = Field(2, ge=1, le=MAX_LEARNERS, description="Learners (SuperNodes); learner i trains on partition i of N.")
     strategy: StrategyConfig = StrategyConfig()
     training: TrainingConfig = TrainingConfig()
-    clusters: int = Field(0, ge=0, description="Cluster aggregators between learners and root (0 = flat FL).")
-    local_rounds: int = Field(1, ge=1, description="Hierarchical FL: cluster rounds per global round.")
+    clusters: StrictInt = Field(0, ge=0, le=MAX_LEARNERS, description="Cluster aggregators between learners and root (0 = flat FL).")
+    local_rounds: StrictInt = Field(1, ge=1, le=MAX_ROUNDS, description="Hierarchical FL: cluster rounds per global round.")
     assignment: str = Field("balanced", description="How learners are assigned to clusters: manual, balanced, min-comm-cost, label-balance.")
     target_accuracy: float | None = Field(None, gt=0, le=1, description="Stop after the global round whose central accuracy reaches this.")
     comm_budget: float | None = Field(None, gt=0, description="Stop before a global round that would exceed this communication cost (cost units, or MB without link costs).")
@@ -63,6 +69,10 @@ class RunConfig(BaseModel):
                 raise ValueError(f"strategy.{field} = {value} exceeds learners = {self.learners}")
         return self
 
+    def hierarchy_options_given(self) -> list[str]:
+        """Fields set by the user that only a hierarchical run uses (refused on a flat one)."""
+        return [name for name in ("local_rounds", "assignment") if name in self.model_fields_set]
+
     def min_nodes(self, field: str) -> int:
         """A strategy minimum, defaulting to every learner (a local run waits for all of them)."""
         value = getattr(self.strategy, field)
@@ -75,6 +85,18 @@ def _first_error_line(exc: ValidationError, origin: str) -> str:
     return f"{origin}: field '{where}': {err['msg']}"
 
 
+def read_user_text(path: Path, kind: str) -> str:
+    """A user's text file (config or topology): a missing, unreadable or binary file is one ConfigError line."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{kind} file not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start}); expected a YAML {kind} file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {kind} file: {exc.strerror or exc}") from None
+
+
 def load_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
     """Read the YAML file (if any), apply dotted-key overrides from flags, validate.
 
@@ -84,10 +106,9 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
     origin = "flags"
     if path is not None:
         origin = str(path)
+        text = read_user_text(path, "config")
         try:
-            loaded = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""

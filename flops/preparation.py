@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
+
+from pydantic import BaseModel
 
 from flops.assignment import assign
 from flops.augment import AppSpec, augment_app
 from flops.config import RunConfig
-from flops.contract import ContractSpec, check_contract, run_import_check
+from flops.contract import ContractSpec, ProbeResult, check_contract, run_import_check
 from flops.dependencies import read_dependencies
 from flops.environment import ensure_run_env
-from flops.errors import ContractError, FlopsError
-from flops.intake import fetch_source
+from flops.errors import BadInputError, ConfigError, ContractError, FlopsError
+from flops.intake import Source, fetch_source
 from flops.orchestrators import orchestrator_class
 from flops.plan import RunPlan, new_run_id, plan_clusters
 from flops.runstate import RunState, runs_dir
 from flops.topology import Topology, load_topology, topology_from_counts
+from flops.workdir import cache_dir
 
 
 class Progress(Protocol):
@@ -37,6 +42,16 @@ class SilentProgress:
         pass
 
 
+class AugmentedSource(BaseModel):
+    """What an image of an augmented app needs to know about its source."""
+
+    app_dir: Path
+    name: str
+    url: str
+    commit: str
+    dependencies: list[str]
+
+
 class StopRequested(FlopsError):
     """SIGTERM (from `flops stop`) or SIGINT arrived while the run was going."""
 
@@ -50,13 +65,21 @@ def raise_stop(signum: int, _frame: Any) -> None:
 def prepare_run(
     source: str, ref: str | None, config: RunConfig, workdir: Path, orchestrator: str,
     tracking_uri: str, progress: Progress | None = None, topology_file: Path | None = None,
-    image: str | None = None,
+    image: str | None = None, build_image: Callable[[RunPlan], str] | None = None,
 ) -> RunPlan:
-    """Everything that can reject bad input, before anything starts. Raises BadInputError subclasses."""
+    """Everything that can reject bad input, before anything starts. Raises BadInputError subclasses.
+
+    `image` is a ready FLOps image; else `build_image`, when given, makes one from the prepared plan (the
+    image step, passed in because preparation comes before it). Input refused here leaves no run behind.
+    """
     progress = progress or SilentProgress()
     workdir = workdir.resolve()
     orchestrator_class(orchestrator)  # an unknown name fails here, before any work
     topology = _topology(config, topology_file)
+    if topology.is_flat and config.hierarchy_options_given():
+        given = ", ".join(f"{name} = {getattr(config, name)}" for name in config.hierarchy_options_given())
+        raise ConfigError(f"{given}: applies to hierarchical runs only; this run is flat "
+                          "(set clusters / --clusters, or a --topology with clusters, or drop it)")
     config = config.model_copy(update={"learners": len(topology.learners), "clusters": len(topology.clusters)})
     run_id = new_run_id()
     run_dir = runs_dir(workdir) / run_id
@@ -66,15 +89,20 @@ def prepare_run(
     previous = signal.signal(signal.SIGTERM, raise_stop)  # `flops stop` while fetching or installing
     try:
         plan = _prepare(source, ref, config, topology, workdir, orchestrator, tracking_uri, state, progress)
-        if image:
-            plan = plan.model_copy(update={"image": image})
-            plan.save()
+        if image or build_image is not None:
+            if not image:
+                progress.phase(state.update(phase="building image"))
+            plan = plan.model_copy(update={"image": image or build_image(plan)})
+        plan.save()
         return plan
     except (StopRequested, KeyboardInterrupt):
         state.update(status="STOPPED", message="stopped by request", ended_at=time.time())
         raise
+    except BadInputError:
+        shutil.rmtree(run_dir, ignore_errors=True)  # refused input: nothing ran, nothing to list
+        raise
     except BaseException as exc:
-        state.update(status="FAILED", phase="rejected", message=str(exc), ended_at=time.time())
+        state.update(status="FAILED", message=str(exc), ended_at=time.time())  # phase says where it failed
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -102,15 +130,15 @@ def _label_histograms(spec: ContractSpec, python: Path, config: RunConfig) -> di
 
 def _prepare(source: str, ref: str | None, config: RunConfig, topology: Topology, workdir: Path,
              orchestrator: str, tracking_uri: str, state: RunState, progress: Progress) -> RunPlan:
-    cache_dir = workdir / "cache"
+    cache = cache_dir(workdir)
     progress.phase(state.update(phase="fetching source"))
-    src = fetch_source(source, ref, cache_dir)
+    src = fetch_source(source, ref, cache)
     state.update(source_url=src.url, commit=src.commit)
     progress.phase(state.update(phase="checking contract"))
     spec = check_contract(src.path)
     dependencies = read_dependencies(src.path)
     progress.phase(state.update(phase="preparing environment"))
-    python = ensure_run_env(dependencies, cache_dir, state.run_dir / "logs" / "environment.log")
+    python = ensure_run_env(dependencies, cache, state.run_dir / "logs" / "environment.log")
     progress.phase(state.update(phase="import check"))
     run_import_check(spec, python)
     app_dir = augment_app(
@@ -133,5 +161,28 @@ def _prepare(source: str, ref: str | None, config: RunConfig, topology: Topology
         task_module=spec.task_module,
         dependencies=dependencies,
     )
-    plan.save()
     return plan
+
+
+def validate_source(source: str, ref: str | None, cache: Path) -> tuple[Source, ContractSpec, ProbeResult]:
+    """`flops validate`: fetch, static contract check, then the import check in the run's environment."""
+    src = fetch_source(source, ref, cache)
+    spec = check_contract(src.path)
+    python = ensure_run_env(read_dependencies(src.path), cache)
+    return src, spec, run_import_check(spec, python)
+
+
+def augment_source(source: str, ref: str | None, config: RunConfig, cache: Path, out_dir: Path,
+                   force: bool = False) -> AugmentedSource:
+    """Fetch, check and augment SOURCE into out_dir, which must be empty or missing unless `force`."""
+    if not force and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ConfigError(f"{out_dir}: exists and is not empty; pass --force to replace it")
+    src = fetch_source(source, ref, cache)
+    spec = check_contract(src.path)
+    dependencies = read_dependencies(src.path)
+    app_dir = augment_app(
+        AppSpec(source_url=src.url, source_name=src.name, commit=src.commit, code_dir=spec.code_dir,
+                task_module=spec.task_module, dependencies=dependencies),
+        config, out_dir,
+    )
+    return AugmentedSource(app_dir=app_dir, name=src.name, url=src.url, commit=src.commit, dependencies=dependencies)

@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, ValidationError, field_validator, model_validator,
+)
 from pydantic_core import PydanticCustomError
 
+from flops.config import read_user_text
 from flops.errors import ConfigError
 
 # Names end up in node configs, container names and log lines: keep them to one safe token.
@@ -44,7 +47,7 @@ class ClusterNode(BaseModel):
         "with another strategy these learners are pinned and the rest are placed by the strategy.",
     )
     cost_to_root: Cost = Field(0.0, description="Cost per MB on the cluster <-> root link.")
-    capacity: int | None = Field(None, ge=1, description="Most learners this cluster takes (default: ceil(learners / clusters)).")
+    capacity: StrictInt | None = Field(None, ge=1, description="Most learners this cluster takes (default: ceil(learners / clusters)).")
     labels: dict[str, str] = Field(default_factory=dict)
 
 
@@ -230,10 +233,7 @@ def topology_from_dict(data: Any, origin: str = "topology", yaml_root: yaml.Node
 def load_topology(path: Path) -> Topology:
     """Read and validate a topology YAML file; ConfigError names the file, line and field."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"topology file not found: {path}") from None
+    text = read_user_text(path, "topology")
     try:
         root_node = yaml.compose(text)
         data = yaml.safe_load(text)

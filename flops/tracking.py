@@ -12,6 +12,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from flops.errors import FlopsError
+from flops.slug import slug
 from flops.plan import RunPlan
 from flops.topology_plot import draw_topology
 
@@ -24,7 +25,7 @@ def default_tracking_uri(workdir: Path) -> str:
 
 
 def registered_model_name(source_name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in source_name) or "model"
+    return slug(source_name, fallback="model")
 
 
 def round_metrics(event: dict[str, Any], cluster_names: dict[str, str] | None = None) -> dict[str, float]:

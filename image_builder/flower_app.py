@@ -5,13 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from flops import __version__ as flops_version
+from flops_templates import render
 from image_builder.commands import DEPS_DIR
 from image_builder.spec import BuildSpec
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates" / "image"
 ENTRYPOINT_PATH = "/opt/flops/entrypoint.sh"
 SELFCHECK_PATH = "/opt/flops/selfcheck.py"
 APP_WORKDIR = "/app"
@@ -24,14 +22,8 @@ FLOPS_PACKAGE_DIR = Path(__file__).resolve().parent.parent / "flops"
 
 
 def render_image_template(name: str, **context: Any) -> str:
-    """Render templates/image/<name>; a misspelled variable fails (StrictUndefined)."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-    return env.get_template(name).render(**context)
+    """Render templates/image/<name> with the one template renderer."""
+    return render(f"image/{name}", **context)
 
 
 def runtime_files(workdir: str = APP_WORKDIR) -> dict[str, str]:

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from flops.slug import slug
 from image_builder import BuildSpec
 from image_builder.flower_app import oci_labels
 from inference.bundle import BundleMetadata, read_metadata
@@ -81,8 +82,7 @@ def image_requirements(metadata: BundleMetadata) -> list[str]:
 
 
 def default_image_name(metadata: BundleMetadata) -> str:
-    cleaned = re.sub(r"[^a-z0-9]+", "-", (metadata.model_name or "model").lower()).strip("-")
-    return f"flops/{cleaned or 'model'}-inference"
+    return f"flops/{slug(metadata.model_name, fallback='model')}-inference"
 
 
 def inference_image_spec(context_dir: Path, *, name: str | None = None, **build_options: Any) -> BuildSpec:

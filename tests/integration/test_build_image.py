@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli.build import app_requirements
+from flops.app_image import app_requirements
 from flops.errors import BuildError
 from image_builder import BuildResult, BuildSpec, build_image
 from image_builder.flower_app import flower_app_spec

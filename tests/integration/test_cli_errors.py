@@ -12,13 +12,11 @@ import yaml
 
 from conftest import (
     EXAMPLE_DIR,
-    assert_no_process_left,
     assert_one_line_error,
     assert_only_error_line_on_stderr,
     mlflow_run_count,
     run_flops,
     run_ids,
-    run_state,
     valid_task_source,
 )
 
@@ -81,11 +79,7 @@ def test_submit_rejects_a_contract_violation_before_starting_anything(case, git_
     result = run_flops("submit", repo.as_uri(), "--rounds", "1", "--learners", "2", "--workdir", str(workdir))
     line = assert_one_line_error(result)
     assert re.search(expected, line), line
-    (run_id,) = run_ids(workdir)
-    state = run_state(workdir, run_id)
-    assert (state["status"], state["phase"]) == ("FAILED", "rejected")
-    assert state["deployment"] is None
-    assert_no_process_left(run_id, grace_s=0)
+    assert run_ids(workdir) == []  # refused input leaves no run behind for `flops list`
     assert mlflow_run_count(workdir) == 0
     assert not (workdir / "cache" / "envs").exists()  # rejected before an environment was built
 
@@ -119,9 +113,7 @@ def test_intake_error_is_one_line_with_exit_code_2(case, command, git_repo, tmp_
     assert re.search(expected, line), line
     if command == "submit":
         assert mlflow_run_count(workdir) == 0
-        for run_id in run_ids(workdir):
-            assert run_state(workdir, run_id)["status"] == "FAILED"
-            assert_no_process_left(run_id, grace_s=0)
+        assert run_ids(workdir) == []
 
 
 CONFIG_CASES = {
@@ -129,6 +121,9 @@ CONFIG_CASES = {
     "unknown-nested-field": ("training:\n  epochs: 3\n", r"field 'training\.epochs'"),
     "negative-rounds": ("rounds: -1\n", r"field 'rounds'"),
     "invalid-yaml": ("rounds: 2\ntraining: [unclosed\n", r"flops\.yaml:\d+: invalid YAML"),
+    "infinite-learning-rate": ("training:\n  learning_rate: .inf\n", r"field 'training\.learning_rate': .*finite"),
+    "boolean-rounds": ("rounds: true\n", r"field 'rounds': .*valid integer"),
+    "binary-file": (b"\x89PNG\r\n\x1a\n\xff\xfe", r"flops\.yaml: not a UTF-8 text file"),
 }
 
 
@@ -136,7 +131,7 @@ CONFIG_CASES = {
 def test_submit_rejects_a_bad_config_file_naming_the_field(case, tiny_task_repo: Path, tmp_path: Path) -> None:
     text, expected = CONFIG_CASES[case]
     config = tmp_path / "flops.yaml"
-    config.write_text(text)
+    config.write_bytes(text if isinstance(text, bytes) else text.encode())
     workdir = tmp_path / "work"
     result = run_flops("submit", str(tiny_task_repo), "--config", str(config), "--workdir", str(workdir))
     line = assert_only_error_line_on_stderr(result)
@@ -145,12 +140,45 @@ def test_submit_rejects_a_bad_config_file_naming_the_field(case, tiny_task_repo:
     assert run_ids(workdir) == []  # rejected before a run was even planned
 
 
-def test_submit_rejects_a_bad_flag_value_naming_the_field(tiny_task_repo: Path, tmp_path: Path) -> None:
+FLAG_CASES = {
+    "no-learners": (["--learners", "0"], r"flags: field 'learners'"),
+    "infinite-lr": (["--lr", "inf"], r"flags: field 'training\.learning_rate': .*finite"),
+    "huge-rounds": (["--rounds", "99999999999999999999"], r"flags: field 'rounds': .*less than or equal"),
+    "local-rounds-on-flat": (["--local-rounds", "3"], r"local_rounds = 3: applies to hierarchical runs only"),
+    "assignment-on-flat": (["--assignment", "min-comm-cost"], r"assignment = min-comm-cost: applies to hierarchical"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FLAG_CASES))
+def test_submit_rejects_a_bad_flag_value_naming_the_field(case, tiny_task_repo: Path, tmp_path: Path) -> None:
+    flags, expected = FLAG_CASES[case]
     workdir = tmp_path / "work"
-    result = run_flops("submit", str(tiny_task_repo), "--learners", "0", "--workdir", str(workdir))
+    result = run_flops("submit", str(tiny_task_repo), *flags, "--workdir", str(workdir))
     line = assert_only_error_line_on_stderr(result)
-    assert re.search(r"flags: field 'learners'", line), line
+    assert re.search(expected, line), line
     assert run_ids(workdir) == []
+
+
+def test_a_binary_topology_file_is_one_line_naming_it(tiny_task_repo: Path, tmp_path: Path) -> None:
+    topology = tmp_path / "topology.yaml"
+    topology.write_bytes(bytes(range(128, 256)))
+    result = run_flops("submit", str(tiny_task_repo), "--topology", str(topology), "--workdir", str(tmp_path / "w"))
+    line = assert_only_error_line_on_stderr(result)
+    assert f"{topology}: not a UTF-8 text file" in line, line
+
+
+def test_augment_refuses_a_non_empty_output_dir_unless_forced(tiny_task_repo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "app"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    workdir = tmp_path / "work"
+    refused = run_flops("augment", str(tiny_task_repo), "-o", str(out), "--workdir", str(workdir))
+    line = assert_only_error_line_on_stderr(refused)
+    assert f"{out}: exists and is not empty" in line and "--force" in line, line
+    assert (out / "notes.txt").read_text() == "mine"
+    forced = run_flops("augment", str(tiny_task_repo), "-o", str(out), "--force", "--workdir", str(workdir))
+    assert forced.returncode == 0, forced.output
+    assert (out / "pyproject.toml").is_file() and not (out / "notes.txt").exists()
 
 
 def test_schema_command_prints_a_json_schema_the_example_config_satisfies() -> None:

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from cli.build import app_requirements, augmented_app
+from flops.app_image import app_requirements
 from flops.config import RunConfig
 from flops.errors import DeployError
 from flops.flower_control import FlowerControl
 from flops.orchestrators.docker import RUN_LABEL, DockerOrchestrator
 from flops.plan import LearnerSpec, RunPlan
+from flops.preparation import augment_source
+from flops.workdir import cache_dir
 from flops.flower_run_config import root_overrides
 from image_builder import build_image
 from image_builder.flower_app import flower_app_spec
@@ -36,8 +38,9 @@ def app_and_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     for args in (["init", "-q"], ["add", "-A"], ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x"]):
         subprocess.run(["git", *args], cwd=repo, check=True)
     os.environ.setdefault("FLOPS_CACHE_DIR", str(work / "cache"))
-    app_dir, app = augmented_app(str(repo), None, None, work)
-    spec = flower_app_spec(app_dir, name="flops-test/docker-orchestrator", requirements=app_requirements(app["deps"]),
+    app = augment_source(str(repo), None, RunConfig(), cache_dir(work), work / "app")
+    app_dir = app.app_dir
+    spec = flower_app_spec(app_dir, name="flops-test/docker-orchestrator", requirements=app_requirements(app.dependencies),
                            platforms=["linux/amd64"], registry=REGISTRY, base_image=BASE, tls_verify=False,
                            pip_find_links=FIND_LINKS, platform_constraints=CONSTRAINTS)
     return app_dir, build_image(spec).image

@@ -10,6 +10,7 @@ Two kinds of run, each shared by several tests (module-scoped fixtures, the mach
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import FIXTURES_DIR, SubmittedRun, assert_no_process_left, git_repo_of, run_flops, run_state
+from conftest import EXAMPLE_DIR, FIXTURES_DIR, SubmittedRun, assert_no_process_left, git_repo_of, run_flops, run_state
 
 pytestmark = pytest.mark.slow
 # Each module fixture runs on the first test that asks for it: its run counts against that test's timeout.
@@ -204,13 +205,28 @@ class CnnRuns:
     flat: SubmittedRun
 
 
+# Appended to the example's task.py for this comparison only: every process that imports the task seeds torch,
+# so both runs start from the same initial model and shuffle alike, and the gap between them is the design's,
+# not two random initialisations'.
+SEEDING = "\n\ntorch.manual_seed(0)  # test_hfl: same initial model and shuffles in the flat and hierarchical runs\n"
+
+
 @pytest.fixture(scope="module")
-def cnn_runs(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> CnnRuns:
+def seeded_example_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    source = tmp_path_factory.mktemp("seeded-example") / "digits-cnn"
+    shutil.copytree(EXAMPLE_DIR, source, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(source / "task.py", "a") as task:
+        task.write(SEEDING)
+    return git_repo_of(source, source.parent / "repo" / "digits-cnn")
+
+
+@pytest.fixture(scope="module")
+def cnn_runs(seeded_example_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> CnnRuns:
     runs = {}
     for kind, shape in (("hierarchical", ("--learners", "4", "--clusters", "2", "--rounds", "3", "--local-rounds", "2")),
                         ("flat", ("--learners", "4", "--rounds", "6"))):
         workdir = tmp_path_factory.mktemp(f"hfl-cnn-{kind}")
-        result = run_flops("submit", example_repo.as_uri(), *shape, *TRAINING_FLAGS, "--workdir", str(workdir),
+        result = run_flops("submit", seeded_example_repo.as_uri(), *shape, *TRAINING_FLAGS, "--workdir", str(workdir),
                            "--json", timeout_s=1500)
         assert result.returncode == 0, f"{kind} run failed:\n{result.output}"
         runs[kind] = SubmittedRun(workdir, result, result.last_json())

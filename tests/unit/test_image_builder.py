@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.build import parse_platform_constraints
+from flops.app_image import parse_platform_constraints
 from flops.errors import ConfigError, ToolError
 from image_builder import BuildSpec
 from image_builder import commands as cmd

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from test_inference_server import make_bundle
 
-from cli.inference import resolve_model_ref
+from flops.model_ref import resolve_model_ref
 from inference.bundle import read_metadata
 from inference.launch import container_run_args
 from inference.package import SERVER_REQUIREMENTS, image_requirements, inference_image_spec, stage_context
@@ -77,7 +77,7 @@ def test_bare_mlflow_run_id_names_its_model_and_uris_pass_through(ref: str, expe
 
 
 def test_flops_run_id_resolves_to_the_model_and_store_its_run_registered(tmp_path: Path) -> None:
-    from cli.inference import resolve_model
+    from flops.model_ref import resolve_model
     from flops.runstate import RunState
 
     run_dir = tmp_path / "runs" / "r-42"
@@ -90,7 +90,7 @@ def test_flops_run_id_resolves_to_the_model_and_store_its_run_registered(tmp_pat
 
 
 def test_flops_run_without_a_model_is_a_bad_input_naming_its_status(tmp_path: Path) -> None:
-    from cli.inference import resolve_model
+    from flops.model_ref import resolve_model
     from flops.errors import BadInputError
     from flops.runstate import RunState
 

@@ -271,3 +271,10 @@ def test_committed_schema_matches_the_model() -> None:
 
 def test_schema_describes_the_model() -> None:
     assert set(Topology.model_json_schema()["properties"]) == {"root", "clusters", "learners", "assignment"}
+
+
+def test_a_binary_topology_file_is_one_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "topology.yaml"
+    path.write_bytes(bytes(range(128, 256)))
+    with pytest.raises(ConfigError, match=rf"^{path}: not a UTF-8 text file \(byte 0\); expected a YAML topology file"):
+        load_topology(path)

@@ -6,12 +6,10 @@ import traceback
 
 from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
 from flops_app import cluster_aggregator
 from flops_app.user_task import load_task, num_examples, numeric_metrics
-
-# Flower's code for "the ClientApp raised"; the reason we send is our own one-line message.
-CLIENT_APP_RAISED_EXCEPTION = 2
 
 app = ClientApp()
 
@@ -21,11 +19,14 @@ def _partition(context: Context) -> tuple[int, int]:
 
 
 def _failure(msg: Message, context: Context, stage: str, exc: Exception) -> Message:
-    """Reply with the user's exception so the root aggregator ends the run with it, instead of retrying."""
+    """Reply with the user's exception so the root aggregator ends the run with it, instead of retrying.
+
+    Flower's own code for "the ClientApp raised"; the reason is our one-line message.
+    """
     traceback.print_exc()
     partition_id, _ = _partition(context)
     reason = f"learner {partition_id}: {stage}: {type(exc).__name__}: {exc}"
-    return Message(Error(code=CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
 
 
 def _model_and_data(msg: Message, context: Context):  # noqa: ANN202 - the user's own types

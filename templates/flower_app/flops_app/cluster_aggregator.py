@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 
 from flops_app.events import EventLog, load_arrays
 from flops_app.strategy import CLUSTER_INDEX, CLUSTER_KEY_PREFIX
 
-CLIENT_APP_RAISED_EXCEPTION = 2
 STATUS_POLL_S = 0.5
 
 
@@ -76,4 +76,4 @@ def _failure_reason(output_dir: Path, name: str, fallback: str) -> str:
 
 
 def _error(msg: Message, reason: str) -> Message:
-    return Message(Error(code=CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
