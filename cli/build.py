@@ -46,7 +46,7 @@ def build_command(
     no_cache: bool, output: str | None, tls_verify: bool, no_emulation: bool, workdir: Path, as_json: bool,
 ) -> None:
     """Build one multi-arch image of SOURCE's Flower app, serving learner, aggregator and selfcheck roles."""
-    options = ImageOptions(
+    options = ImageOptions.checked(
         registry=registry, base_image=base_image, pip_index_url=pip_index_url,
         pip_extra_index_urls=list(pip_extra_index_urls), pip_find_links=list(pip_find_links),
         platform_constraints=list(platform_constraints), tls_verify=tls_verify, no_cache=no_cache,

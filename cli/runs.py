@@ -96,8 +96,8 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
     if orchestrator in NEEDS_IMAGE and not image:
         if not registry:
             raise ConfigError(f"--orchestrator {orchestrator} runs a FLOps image: pass --image, or --registry to build one")
-        options = ImageOptions(registry=registry, base_image=base_image, pip_find_links=list(pip_find_links),
-                               platform_constraints=list(platform_constraints), tls_verify=tls_verify)
+        options = ImageOptions.checked(registry=registry, base_image=base_image, pip_find_links=list(pip_find_links),
+                                       platform_constraints=list(platform_constraints), tls_verify=tls_verify)
         build_image = functools.partial(_run_image, options=options)
     progress = make_progress()
     plan = prepare_run(source, ref, config, workdir, orchestrator, tracking_uri or default_tracking_uri(workdir),

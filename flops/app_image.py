@@ -37,6 +37,13 @@ class ImageOptions(BaseModel):
     no_emulation: bool = False
     output: str | None = None
 
+    @classmethod
+    def checked(cls, **options: Any) -> ImageOptions:
+        """The options, with --platform-constraint values checked before any work starts."""
+        image_options = cls(**options)
+        parse_platform_constraints(image_options.platform_constraints, list(SUPPORTED_PLATFORMS))
+        return image_options
+
 
 def parse_platform_constraints(values: Iterable[str], platforms: list[str]) -> dict[str, list[str]]:
     """'linux/arm64=torch<=2.10' pairs -> {platform: [constraint, ...]}; defaults for platforms not named."""
@@ -84,7 +91,6 @@ def build_source_image(source: str, ref: str | None, config: RunConfig, cache: P
                        platforms: list[str], options: ImageOptions, name: str | None = None,
                        progress: ProgressCallback | None = None) -> BuildResult:
     """`flops build`: fetch, check and augment SOURCE in scratch, then one image for every platform."""
-    parse_platform_constraints(options.platform_constraints, platforms)  # bad flags fail before the fetch
     if not options.registry and not options.output:
         raise ConfigError("give --registry HOST[:PORT] or --output oci-archive:PATH")
     app = augment_source(source, ref, config, cache, scratch / "app")

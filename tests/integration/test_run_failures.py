@@ -94,7 +94,7 @@ def test_sigint_during_training_stops_the_run_and_its_processes(tiny_task_repo: 
 
 
 def _controllers_of(run_dir: str) -> list[int]:
-    """PIDs of live processes whose command line names RUN_DIR (the detached controller: `_execute RUN_DIR`)."""
+    """PIDs of live processes whose command line names RUN_DIR (the detached `python -m flops.controller`)."""
     pids = []
     for entry in Path("/proc").iterdir():
         try:

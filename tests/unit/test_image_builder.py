@@ -235,3 +235,11 @@ def test_the_code_layer_holds_exactly_the_hashed_files(tmp_path: Path) -> None:
     stage = _stage_code(code, tmp_path / "stage")
     assert sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file()) == ["pkg/task.py"]
     assert tree_hash(stage) == tree_hash(code)
+
+
+def test_image_options_refuse_a_malformed_platform_constraint_before_any_work() -> None:
+    from flops.app_image import ImageOptions
+
+    assert ImageOptions.checked(platform_constraints=["linux/amd64=torch==2.13.0+cpu"]).platform_constraints
+    with pytest.raises(ConfigError, match="--platform-constraint 'linux/s390x=torch'"):
+        ImageOptions.checked(platform_constraints=["linux/s390x=torch"])
