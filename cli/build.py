@@ -12,7 +12,6 @@ from cli.options import workdir_option
 from cli.progress import ProgressPrinter
 from flops.app_image import ImageOptions, build_source_image
 from flops.config import load_config
-from flops.workdir import cache_dir
 from image_builder import BuildResult
 
 
@@ -54,7 +53,7 @@ def build_command(
     )
     with tempfile.TemporaryDirectory(prefix="flops-build-app-") as tmp:
         result = build_source_image(
-            source, ref, load_config(config_path, {}), cache_dir(workdir), Path(tmp),
+            source, ref, load_config(config_path, {}), workdir, Path(tmp),
             [p.strip() for p in platforms.split(",") if p.strip()], options, name=name, progress=ProgressPrinter(),
         )
     print_result(result, as_json)

@@ -14,6 +14,7 @@ from flops.errors import ConfigError
 from flops.plan import RunPlan
 from flops.preparation import AugmentedSource, augment_source
 from flops.slug import slug
+from flops.workdir import build_log_file, cache_dir
 from image_builder import SUPPORTED_PLATFORMS, BuildResult, ProgressCallback, build_image
 from image_builder.flower_app import flower_app_spec
 from image_builder.spec import host_platform
@@ -73,32 +74,40 @@ def app_requirements(dependencies: list[str]) -> list[str]:
     return [f"flwr>={major}.{minor}.0,<{major}.{int(minor) + 1}", *dependencies]
 
 
-def _build(app: AugmentedSource, platforms: list[str], options: ImageOptions, name: str | None,
+def _build(app: AugmentedSource, platforms: list[str], options: ImageOptions, name: str, log_file: Path,
            progress: ProgressCallback | None) -> BuildResult:
     if not options.registry and not options.output:
         raise ConfigError("give --registry HOST[:PORT] or --output oci-archive:PATH")
     spec_options: dict[str, Any] = options.model_dump(exclude={"platform_constraints"})
     spec_options["pip_find_links"] = [str(Path(p).resolve()) for p in options.pip_find_links]
     spec = flower_app_spec(
-        app.app_dir, name=name or image_name(app.name), requirements=app_requirements(app.dependencies),
-        source_url=app.url, commit=app.commit, platforms=platforms,
+        app.app_dir, name=name, requirements=app_requirements(app.dependencies),
+        source_url=app.url, commit=app.commit, platforms=platforms, log_file=log_file,
         platform_constraints=parse_platform_constraints(options.platform_constraints, platforms), **spec_options,
     )
     return build_image(spec, progress=progress)
 
 
-def build_source_image(source: str, ref: str | None, config: RunConfig, cache: Path, scratch: Path,
+def build_source_image(source: str, ref: str | None, config: RunConfig, workdir: Path, scratch: Path,
                        platforms: list[str], options: ImageOptions, name: str | None = None,
                        progress: ProgressCallback | None = None) -> BuildResult:
-    """`flops build`: fetch, check and augment SOURCE in scratch, then one image for every platform."""
+    """`flops build`: fetch, check and augment SOURCE in scratch, then one image for every platform.
+
+    The build's full tool output goes to <workdir>/build-logs/.
+    """
     if not options.registry and not options.output:
         raise ConfigError("give --registry HOST[:PORT] or --output oci-archive:PATH")
-    app = augment_source(source, ref, config, cache, scratch / "app")
-    return _build(app, platforms, options, name, progress)
+    app = augment_source(source, ref, config, cache_dir(workdir), scratch / "app")
+    name = name or image_name(app.name)
+    return _build(app, platforms, options, name, build_log_file(workdir, name), progress)
 
 
 def build_run_image(plan: RunPlan, options: ImageOptions, progress: ProgressCallback | None = None) -> BuildResult:
-    """A prepared run's app as an image for this machine's platform, built or found in the registry by its hash."""
+    """A prepared run's app as an image for this machine's platform, built or found in the registry by its hash.
+
+    The build's full tool output goes to the run's logs (image-build.log).
+    """
     app = AugmentedSource(app_dir=plan.app_dir, name=plan.source_name, url=plan.source_url, commit=plan.commit,
                           dependencies=plan.dependencies)
-    return _build(app, [host_platform() or "linux/amd64"], options, None, progress)
+    return _build(app, [host_platform() or "linux/amd64"], options, image_name(plan.source_name),
+                  plan.logs_dir / "image-build.log", progress)
