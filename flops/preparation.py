@@ -56,10 +56,8 @@ class StopRequested(FlopsError):
     """SIGTERM (from `flops stop`) or SIGINT arrived while the run was going."""
 
 
-
 def raise_stop(signum: int, _frame: Any) -> None:
     raise StopRequested(f"stopped by request ({signal.Signals(signum).name})")
-
 
 
 def prepare_run(
@@ -89,10 +87,11 @@ def prepare_run(
     previous = signal.signal(signal.SIGTERM, raise_stop)  # `flops stop` while fetching or installing
     try:
         plan = _prepare(source, ref, config, topology, workdir, orchestrator, tracking_uri, state, progress)
-        if image or build_image is not None:
-            if not image:
-                progress.phase(state.update(phase="building image"))
-            plan = plan.model_copy(update={"image": image or build_image(plan)})
+        if image:
+            plan = plan.model_copy(update={"image": image})
+        elif build_image is not None:
+            progress.phase(state.update(phase="building image"))
+            plan = plan.model_copy(update={"image": build_image(plan)})
         plan.save()
         return plan
     except (StopRequested, KeyboardInterrupt):
