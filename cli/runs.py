@@ -92,6 +92,12 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
         "comm_budget": comm_budget, "target_accuracy": target_accuracy,
     })
     workdir = workdir.resolve()
+    image_flags = {"--image": image, "--registry": registry, "--base-image": base_image,
+                   "--pip-find-links": pip_find_links, "--platform-constraint": platform_constraints}
+    given = [flag for flag, value in image_flags.items() if value]
+    if orchestrator not in NEEDS_IMAGE and given:
+        raise ConfigError(f"{', '.join(given)}: only for container orchestrators "
+                          f"({', '.join(sorted(NEEDS_IMAGE))}); --orchestrator {orchestrator} runs local processes")
     build_image = None
     if orchestrator in NEEDS_IMAGE and not image:
         if not registry:
