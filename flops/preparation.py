@@ -174,7 +174,9 @@ def validate_source(source: str, ref: str | None, cache: Path) -> tuple[Source, 
 def augment_source(source: str, ref: str | None, config: RunConfig, cache: Path, out_dir: Path,
                    force: bool = False) -> AugmentedSource:
     """Fetch, check and augment SOURCE into out_dir, which must be empty or missing unless `force`."""
-    if not force and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir}: is a file, not a directory for the app")
+    if not force and out_dir.is_dir() and any(out_dir.iterdir()):
         raise ConfigError(f"{out_dir}: exists and is not empty; pass --force to replace it")
     src = fetch_source(source, ref, cache)
     spec = check_contract(src.path)
