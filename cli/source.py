@@ -10,10 +10,10 @@ from cli.errors import reports_errors
 from cli.options import echo_json, json_option, workdir_option
 from flops.augment import AppSpec, augment_app
 from flops.config import config_json_schema, load_config
-from flops.contract import check_contract, run_import_check
+from flops.contract import check_contract
 from flops.dependencies import read_dependencies
-from flops.environment import ensure_run_env
 from flops.intake import fetch_source
+from flops.preparation import check_source
 
 
 @click.command("validate")
@@ -25,15 +25,16 @@ from flops.intake import fetch_source
 def validate_command(source: str, ref: str | None, workdir: Path, as_json: bool) -> None:
     """Check that SOURCE fits the ML contract: static check, then an import check in its environment."""
     cache_dir = workdir.resolve() / "cache"
-    src = fetch_source(source, ref, cache_dir)
-    spec = check_contract(src.path)
-    python = ensure_run_env(read_dependencies(src.path), cache_dir)
-    probe = run_import_check(spec, python)
+    checked = check_source(fetch_source(source, ref, cache_dir), cache_dir, None, num_partitions=2, batch_size=32)
+    src, spec, probe = checked.source, checked.spec, checked.probe
+    for warning in checked.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         echo_json({"source_url": src.url, "commit": src.commit, "task": spec.task_label, **probe.model_dump()})
         return
     click.echo(f"{src.url} @ {src.commit[:12]}: {spec.task_label} fits the {spec.contract} contract "
-               f"({probe.num_parameters} parameters in {probe.num_arrays} arrays, torch {probe.torch_version})")
+               f"({probe.num_parameters} parameters in {probe.num_arrays} arrays, torch {probe.torch_version}"
+               f"{'' if probe.accuracy_reported else '; test() reports no accuracy, only loss'})")
 
 
 @click.command("augment")
