@@ -15,6 +15,7 @@ from flops.config import RunConfig
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 FLOWER_APP_TEMPLATE = TEMPLATES_DIR / "flower_app"
 USER_CODE_DIRNAME = "user"
+FLOWER_APP_NAME_MAX = 32
 # Never copied into the app: VCS data and caches are not the user's code.
 _IGNORED = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".venv", ".flwr")
 
@@ -32,8 +33,9 @@ class AppSpec(BaseModel):
 
 def app_name(source_name: str) -> str:
     """A valid Python project name for the generated app."""
-    cleaned = "".join(c if c.isalnum() else "-" for c in source_name.lower()).strip("-")
-    return f"flops-{cleaned or 'app'}"
+    cleaned = "".join(c if c.isascii() and c.isalnum() else "-" for c in source_name.lower()).strip("-")
+    # Flower refuses app names longer than 32 characters (flwr/cli/build.py): a long repo name is cut.
+    return f"flops-{cleaned or 'app'}"[:FLOWER_APP_NAME_MAX].rstrip("-")
 
 
 def _flwr_version_range() -> tuple[str, str]:

@@ -17,6 +17,10 @@ from flops.errors import ContractError
 
 REQUIREMENTS_FILE = "requirements.txt"
 PYPROJECT_FILE = "pyproject.toml"
+CONDA_FILE = "conda.yaml"  # Oakestra FLOps ML repos declare their environment this way
+# conda entries that are the interpreter or its installer, not packages; conda's name for torch.
+_CONDA_SKIPPED = {"python", "pip"}
+_CONDA_NAMES = {"pytorch": "torch"}
 
 _INCLUDE = re.compile(r"^(?:-r|--requirement)(?:\s+|=)(?P<path>\S+)$")
 _COMMENT = re.compile(r"(^|\s)#.*$")  # pip's rule: '#' starts a comment at line start or after whitespace
@@ -49,6 +53,8 @@ def read_declared_dependencies(code_dir: Path) -> DeclaredDependencies:
         found = _read_requirements_file(code_dir / REQUIREMENTS_FILE, code_dir, seen=())
     elif (code_dir / PYPROJECT_FILE).is_file():
         found = _read_pyproject(code_dir / PYPROJECT_FILE, code_dir)
+    elif (code_dir / CONDA_FILE).is_file():
+        found = _read_conda(code_dir / CONDA_FILE, code_dir)
     else:
         found = []
     requirements: list[str] = []
@@ -165,5 +171,39 @@ def _line_of(text: str, needle: str) -> int:
     """Line number of the first line quoting NEEDLE (tomllib keeps no positions); 1 when not found."""
     for number, line in enumerate(text.splitlines(), start=1):
         if f'"{needle}"' in line or f"'{needle}'" in line:
+            return number
+    return 1
+
+
+def _read_conda(path: Path, code_dir: Path) -> list[tuple[str, str]]:
+    """conda.yaml's pip: list, and its conda packages read as PyPI names (conda's name=1.2 is 1.2.*)."""
+    import yaml
+
+    label = path.relative_to(code_dir).as_posix()
+    text = path.read_text(encoding="utf-8")
+    try:
+        environment = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ContractError(f"{label}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    found: list[tuple[str, str]] = []
+    for entry in environment.get("dependencies", []) if isinstance(environment, dict) else []:
+        if isinstance(entry, dict):
+            for pip_entry in entry.get("pip", []):
+                where = f"{label}:{_line_of_plain(text, pip_entry)}"
+                found.append((parse_requirement(str(pip_entry), where), where))
+            continue
+        name, _, pinned = str(entry).split("::")[-1].partition("=")
+        name = _CONDA_NAMES.get(name.strip(), name.strip())
+        if name in _CONDA_SKIPPED:
+            continue
+        where = f"{label}:{_line_of_plain(text, entry)}"
+        spec = "" if not pinned else (f"=={pinned.lstrip('=')}" if pinned.startswith("=") else f"=={pinned}.*")
+        found.append((parse_requirement(name + spec, where), where))
+    return found
+
+
+def _line_of_plain(text: str, needle: object) -> int:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if str(needle) in line:
             return number
     return 1

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from flops.contract.base import ContractSpec, MLContract
 from flops.contract.flower_app import FlowerAppContract
+from flops.contract.oakestra_model_manager import OakestraModelManagerContract
 from flops.contract.pytorch_task import PytorchTaskContract
 from flops.errors import ContractError, EnvironmentSetupError
 
@@ -18,6 +19,7 @@ from flops.errors import ContractError, EnvironmentSetupError
 CONTRACTS: dict[str, type[MLContract]] = {
     FlowerAppContract.name: FlowerAppContract,
     PytorchTaskContract.name: PytorchTaskContract,
+    OakestraModelManagerContract.name: OakestraModelManagerContract,
 }
 
 __all__ = [

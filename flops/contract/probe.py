@@ -41,6 +41,7 @@ def main(argv: list[str]) -> int:
     num_partitions, batch_size = (int(argv[2]), int(argv[3])) if len(argv) == 4 else (2, 32)
     # The probe's own directory must not shadow the user's modules (a user `base.py`, say).
     sys.path[0] = code_dir
+    sys.path.append(str(ADAPTER_FILE.parent.parent))  # the app's flops_app package (contract shims), after the user's
     real_stdout = sys.stdout
     sys.stdout = sys.stderr  # the task's prints must not be mistaken for our JSON line
     try:

@@ -217,7 +217,7 @@ def test_package_layout_messages_use_the_path_from_the_repo_root(tmp_path: Path)
 
 
 def test_unknown_contract_name_lists_the_known_ones() -> None:
-    with pytest.raises(ContractError, match=r"unknown ML contract 'keras' \(known: flower-app, pytorch-task\)"):
+    with pytest.raises(ContractError, match=r"unknown ML contract 'keras' \(known: flower-app, oakestra-model-manager, pytorch-task\)"):
         get_contract("keras")
     assert "pytorch-task" in CONTRACTS
 
@@ -261,3 +261,17 @@ def test_a_flower_app_without_a_task_module_says_which_file_is_missing(tmp_path:
 def test_a_pyproject_without_flower_app_falls_through_to_task_py(tmp_path: Path) -> None:
     write_files(tmp_path, {"pyproject.toml": "[project]\nname = 'x'\n", "task.py": valid_task_source()})
     assert check_contract(tmp_path).contract == "pytorch-task"
+
+
+def test_an_oakestra_model_manager_repo_is_detected_and_checked(tmp_path: Path) -> None:
+    manager = "class ModelManager:\n    def set_model_data(self):\n        pass\n"
+    write_files(tmp_path, {"model_manager.py": manager, "conda.yaml": "dependencies: []\n"})
+    with pytest.raises(ContractError) as raised:
+        check_contract(tmp_path)
+    assert str(raised.value) == (
+        "model_manager.py:1: ModelManager lacks get_model_parameters(self) -> list of arrays, "
+        "set_model_parameters(self, parameters), fit_model(self) -> num_examples, "
+        "evaluate_model(self) -> (loss, accuracy, num_examples)")
+    fixture = Path(__file__).resolve().parent.parent / "fixtures" / "contract_shapes" / "oakestra_model_manager"
+    spec = check_contract(fixture)
+    assert (spec.contract, spec.task_label) == ("oakestra-model-manager", "model_manager.py")
