@@ -71,3 +71,37 @@ def test_an_exception_in_train_names_the_users_line(tmp_path: Path) -> None:
                                          "    criterion = nn.CrossEntropyLoss()\n    raise KeyError('lr')\n    net.train()")
     assert _refused(tmp_path, source) == (
         f"task.py:{_line(source, '    raise KeyError(' + repr('lr') + ')')}: train() on one batch failed: KeyError: 'lr'")
+
+
+# --- `flops validate` and `flops submit` agree: the same checks, the same one line (CLI, no federation) ---
+
+from conftest import assert_one_line_error, assert_only_error_line_on_stderr, run_flops, run_ids  # noqa: E402
+
+
+def test_validate_and_submit_refuse_a_conflicting_numpy_pin_with_the_same_line(tmp_path: Path, git_repo) -> None:
+    repo = git_repo({"task.py": valid_task_source(), "requirements.txt": "torch\nnumpy==1.21.0\n"}, name="old-numpy")
+    validated = run_flops("validate", str(repo), "--workdir", str(tmp_path / "work"))
+    line = assert_only_error_line_on_stderr(validated)
+    assert line.startswith("error: requirements.txt:2: 'numpy==1.21.0' would replace numpy "), line
+    assert "which FLOps needs" in line and "flwr 1.42" in line
+    submitted = run_flops("submit", str(repo), "--workdir", str(tmp_path / "work"), "--rounds", "1")
+    assert assert_one_line_error(submitted) == line
+    [run_id] = run_ids(tmp_path / "work")
+    assert not (tmp_path / "work" / "runs" / run_id / "app").exists()  # refused before anything was generated
+
+
+def test_validate_accepts_flower_and_cpu_torch_pins_with_one_warning(tmp_path: Path, git_repo) -> None:
+    repo = git_repo({"task.py": valid_task_source(), "requirements.txt": "flwr==1.7.0\ntorch==2.13.0+cpu\n"},
+                    name="pinned")
+    validated = run_flops("validate", str(repo), "--workdir", str(tmp_path / "work"))
+    assert validated.returncode == 0, validated.output
+    assert validated.stderr.splitlines() == [
+        "warning: requirements.txt:1: 'flwr==1.7.0' replaced by FLOps' flwr 1.42.0 (FLOps owns Flower's version)"]
+    assert "fits the pytorch-task contract" in validated.stdout
+
+
+def test_a_refused_shape_names_the_source_not_the_cache(tmp_path: Path, git_repo) -> None:
+    repo = git_repo({"README.md": "no code here\n"}, name="empty")
+    line = assert_only_error_line_on_stderr(run_flops("validate", repo.as_uri(), "--workdir", str(tmp_path / "w")))
+    assert line.startswith(f"error: no ML contract matched {repo.as_uri()}: expected "), line
+    assert str(tmp_path / "w") not in line
