@@ -37,6 +37,9 @@ class PlainProgress:
     def round(self, state: RunState) -> None:
         print(f"[{state.run_id}] {_round_line(state)}", file=sys.stderr, flush=True)
 
+    def warn(self, message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
 
 class RichProgress:
     """A spinner with phase and latest round on a terminal; rounds stay in the scrollback."""
@@ -55,6 +58,9 @@ class RichProgress:
     def round(self, state: RunState) -> None:
         self.console.print(f"[cyan]{_round_line(state)}[/]")
         self._status.update(f"[bold]{state.run_id}[/] training  {_round_line(state)}")
+
+    def warn(self, message: str) -> None:
+        self.console.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
 
     def close(self) -> None:
         self._status.stop()

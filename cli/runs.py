@@ -23,6 +23,8 @@ from flops.runstate import RunState, latest_run_id, list_states, load_state
 
 # flops.execution pulls in MLflow (seconds of imports): loaded by the commands that run or stop runs only.
 
+NO_ACCURACY = "accuracy not reported: the task's test() returns a loss only"
+
 
 def _report(state: RunState, as_json: bool) -> None:
     summary = state.summary()
@@ -36,6 +38,8 @@ def _report(state: RunState, as_json: bool) -> None:
         click.echo(f"  {state.message}")
     if acc is not None:
         click.echo(f"  accuracy {acc:.4f}  loss {loss:.4f}  bytes to root {state.bytes_to_root}")
+    elif loss is not None:
+        click.echo(f"  loss {loss:.4f}  bytes to root {state.bytes_to_root}  ({NO_ACCURACY})")
     click.echo(f"  MLflow: {state.tracking_uri}  run {state.mlflow_run_id}")
     if state.model_uri:
         click.echo(f"  model: {state.model_uri}")
@@ -142,6 +146,8 @@ def status_command(run_id: str | None, workdir: Path, as_json: bool) -> None:
     click.echo(f"{state.run_id}  {state.status}  phase: {state.phase}  round {state.rounds_completed}/{state.rounds}")
     for key, value in sorted(state.latest_metrics.items()):
         click.echo(f"  {key}: {value:.6g}")
+    if "central_loss" in state.latest_metrics and "central_accuracy" not in state.latest_metrics:
+        click.echo(f"  {NO_ACCURACY}")
     if state.message:
         click.echo(f"  {state.message}")
 

@@ -21,12 +21,16 @@ from flops.workdir import cache_dir
 @reports_errors
 def validate_command(source: str, ref: str | None, workdir: Path, as_json: bool) -> None:
     """Check that SOURCE fits the ML contract: static check, then an import check in its environment."""
-    src, spec, probe = validate_source(source, ref, cache_dir(workdir))
+    checked = validate_source(source, ref, cache_dir(workdir))
+    src, spec, probe = checked.source, checked.spec, checked.probe
+    for warning in checked.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         echo_json({"source_url": src.url, "commit": src.commit, "task": spec.task_label, **probe.model_dump()})
         return
     click.echo(f"{src.url} @ {src.commit[:12]}: {spec.task_label} fits the {spec.contract} contract "
-               f"({probe.num_parameters} parameters in {probe.num_arrays} arrays, torch {probe.torch_version})")
+               f"({probe.num_parameters} parameters in {probe.num_arrays} arrays, torch {probe.torch_version}"
+               f"{'' if probe.accuracy_reported else '; test() reports no accuracy, only loss'})")
 
 
 @click.command("augment")

@@ -16,6 +16,7 @@ from flops.slug import slug
 
 FLOWER_APP_TEMPLATE = "flower_app"  # under templates/
 USER_CODE_DIRNAME = "user"
+FLOWER_APP_NAME_MAX = 32
 # Never copied into the app: VCS data and caches are not the user's code.
 _IGNORED = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".venv", ".flwr")
 
@@ -33,7 +34,8 @@ class AppSpec(BaseModel):
 
 def app_name(source_name: str) -> str:
     """A valid Python project name for the generated app."""
-    return f"flops-{slug(source_name)}"
+    # Flower refuses app names longer than 32 characters (flwr/cli/build.py): a long repo name is cut.
+    return f"flops-{slug(source_name)}"[:FLOWER_APP_NAME_MAX].rstrip("-")
 
 
 def _flwr_version_range() -> tuple[str, str]:

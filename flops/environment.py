@@ -15,16 +15,25 @@ import venv
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
 from flops.errors import EnvironmentSetupError
 from flops.filelock import locked
+from flops.resolution import index_options, requirements_beyond_flops, resolve, run_logged, uv_error, uv_executable
 
 COMPLETE_MARKER = ".flops-env-complete"
-PIP_TAIL_LINES = 20
+LOCK_FILE = "requirements.lock"
 
 
-def ensure_run_env(dependencies: list[str], cache_dir: Path, log_path: Path | None = None) -> Path:
-    """Python executable of a venv holding DEPENDENCIES on top of FLOps' packages; built once per key, reused."""
+def ensure_run_env(
+    dependencies: list[str], cache_dir: Path, log_path: Path | None = None, origins: dict[str, str] | None = None
+) -> Path:
+    """Python executable of a venv holding DEPENDENCIES on top of FLOps' packages; built once per key, reused.
+
+    Requirements FLOps' own packages already satisfy are not installed again; one that would replace one of
+    them, or that uv cannot resolve, is refused (ContractError naming where it was declared) before any env
+    is built. The resolved set is written as the env's requirements.lock (see lock_file).
+    """
     requirements = normalise(dependencies)
     key = env_key(requirements)
     envs_dir = Path(cache_dir).resolve() / "envs"
@@ -32,13 +41,20 @@ def ensure_run_env(dependencies: list[str], cache_dir: Path, log_path: Path | No
     python = env_dir / "bin" / "python"
     if (env_dir / COMPLETE_MARKER).is_file():
         return python
+    to_resolve = requirements_beyond_flops(requirements, origins or {})
     envs_dir.mkdir(parents=True, exist_ok=True)
     log_path = Path(log_path) if log_path else envs_dir / f"{key}.log"
     with locked(envs_dir / f"{key}.lock"):
         # Another submit may have finished the same env while we waited for the lock.
         if not (env_dir / COMPLETE_MARKER).is_file():
-            _build(env_dir, requirements, log_path)
+            pinned = resolve(to_resolve, log_path, origins or {}) if to_resolve else []
+            _build(env_dir, requirements, pinned, log_path)
     return python
+
+
+def lock_file(python: Path) -> Path:
+    """The resolved set of the run env PYTHON belongs to: every package it sees, name==version, one per line."""
+    return Path(python).parent.parent / LOCK_FILE
 
 
 def normalise(dependencies: list[str]) -> list[str]:
@@ -60,7 +76,7 @@ def env_key(requirements: list[str]) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def _build(env_dir: Path, requirements: list[str], log_path: Path) -> None:
+def _build(env_dir: Path, requirements: list[str], pinned: list[str], log_path: Path) -> None:
     if env_dir.exists():
         shutil.rmtree(env_dir)  # a half-built env from an interrupted submit: no marker, so start over
     # Reuse pip from FLOps' env when it is visible there (it will be in the run env too): saves ensurepip.
@@ -71,8 +87,9 @@ def _build(env_dir: Path, requirements: list[str], log_path: Path) -> None:
         raise EnvironmentSetupError(f"creating the run environment {env_dir} failed: {exc}") from None
     _link_flops_site_packages(env_dir)
     _write_flower_scripts(env_dir)
-    if requirements:
-        install(env_dir / "bin" / "python", requirements, log_path)
+    if pinned:
+        install(env_dir / "bin" / "python", pinned, log_path)
+    _write_lock(env_dir, pinned)
     _write_marker(env_dir, requirements)
 
 
@@ -110,28 +127,24 @@ def _write_flower_scripts(env_dir: Path) -> None:
         script.chmod(0o755)
 
 
-def install(python: Path, requirements: list[str], log_path: Path) -> None:
-    """pip install REQUIREMENTS with PYTHON, output appended to LOG_PATH; EnvironmentSetupError with pip's errors."""
-    command = [
-        str(python), "-m", "pip", "install",
-        "--disable-pip-version-check", "--no-input", "--progress-bar", "off",
-        *requirements,
-    ]  # fmt: skip
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", encoding="utf-8") as log:
-        log.write(f"$ {' '.join(command)}\n")
-        log.flush()
-        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    if done.returncode != 0:
-        raise EnvironmentSetupError(f"installing dependencies failed: {_pip_error(log_path)} (log: {log_path})")
+def install(python: Path, pinned: list[str], log_path: Path) -> None:
+    """uv-install the resolved PINNED set (name==version, dependencies already resolved) with PYTHON's env."""
+    command = [uv_executable(), "pip", "install", "--python", str(python), "--no-config", "--no-deps", *index_options(), *pinned]
+    code, output = run_logged(command, log_path)
+    if code != 0:
+        raise EnvironmentSetupError(f"installing dependencies failed: {uv_error(output)} (log: {log_path})")
 
 
-def _pip_error(log_path: Path) -> str:
-    """pip's last ERROR line (the most specific), else its last line."""
-    tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-PIP_TAIL_LINES:]
-    errors = [line.strip() for line in tail if line.startswith("ERROR:")]
-    lines = [line.strip() for line in tail if line.strip()]
-    return errors[-1] if errors else (lines[-1] if lines else "pip printed nothing")
+def _write_lock(env_dir: Path, pinned: list[str]) -> None:
+    """What the run env sees: FLOps' packages overlaid by the run env's own, as name==version lines."""
+    seen = {canonicalize_name(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()
+            if d.metadata["Name"]}
+    for line in pinned:
+        name, _, pinned_version = line.partition("==")
+        seen[canonicalize_name(name)] = pinned_version
+    lines = [f"{name}=={found}" for name, found in sorted(seen.items())]
+    header = "# Resolved with uv over FLOps' own packages; the packages this run's environment imports.\n"
+    (env_dir / LOCK_FILE).write_text(header + "\n".join(lines) + "\n")
 
 
 def _write_marker(env_dir: Path, requirements: list[str]) -> None:

@@ -7,10 +7,10 @@ assignment strategy; in a deployment each learner would compute its own row.
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 
@@ -39,9 +39,10 @@ def histograms(task: Any, num_partitions: int, batch_size: int) -> list[list[int
 
 
 def main(argv: list[str]) -> int:
+    from flops.contract.probe import load_adapter
+
     code_dir, module, num_partitions, batch_size = argv
-    sys.path.insert(0, code_dir)
-    task = importlib.import_module(module)
+    task = load_adapter().load_task(module, Path(code_dir))  # load_data bound by parameter name, as on learners
     print(json.dumps({"histograms": histograms(task, int(num_partitions), int(batch_size))}))
     return 0
 

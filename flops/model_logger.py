@@ -5,7 +5,6 @@ Reads one JSON request on stdin, prints one JSON line: {"model_uri", "registered
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -26,10 +25,13 @@ def main() -> int:
     import torch
     from mlflow.models import infer_signature
 
+    from flops.contract.probe import load_adapter
+
     code_dir = Path(request["code_dir"])
-    sys.path.insert(0, str(code_dir))
-    task = importlib.import_module(request["task_module"])
-    net = task.Net()
+    sys.path.append(str(code_dir.parent))  # the app's flops_app package (contract shims), after the user's code
+    # The generated app's own adapter: default weight functions and errors located in the user's code.
+    task = load_adapter().load_task(request["task_module"], code_dir)
+    net = task.build_net()
     with np.load(request["weights"]) as npz:
         task.set_weights(net, [npz[f"arr_{i}"] for i in range(len(npz.files))])
     net.eval()

@@ -8,18 +8,19 @@ import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from flops.assignment import assign
 from flops.augment import AppSpec, augment_app
 from flops.config import RunConfig
 from flops.contract import ContractSpec, ProbeResult, check_contract, run_import_check
-from flops.dependencies import read_dependencies
-from flops.environment import ensure_run_env
+from flops.contract.flower_app import run_config_defaults
+from flops.dependencies import read_declared_dependencies
+from flops.environment import ensure_run_env, lock_file
 from flops.errors import BadInputError, ConfigError, ContractError, FlopsError
 from flops.intake import Source, fetch_source
 from flops.orchestrators import orchestrator_class
@@ -32,10 +33,14 @@ from flops.workdir import cache_dir
 class Progress(Protocol):
     def phase(self, state: RunState) -> None: ...
     def round(self, state: RunState) -> None: ...
+    def warn(self, message: str) -> None: ...
 
 
 class SilentProgress:
     def phase(self, state: RunState) -> None:
+        pass
+
+    def warn(self, message: str) -> None:
         pass
 
     def round(self, state: RunState) -> None:
@@ -127,19 +132,72 @@ def _label_histograms(spec: ContractSpec, python: Path, config: RunConfig) -> di
     return {f"learner-{i}": row for i, row in enumerate(rows)}
 
 
+class CheckedSource(BaseModel):
+    """A source that passed every check `flops validate` and `flops submit` share, and its run environment."""
+
+    source: Source
+    spec: ContractSpec
+    python: Path
+    probe: ProbeResult
+    dependencies: list[str]
+    warnings: list[str]  # one line each: requirements FLOps replaced
+    lock: Path  # the resolved package set of the run env
+
+
+def source_label(src: Source) -> str:
+    """How messages name the source: its URL and the folder inside it, never FLOps' cache path."""
+    return f"{src.url}{'/' + src.subdir if src.subdir and not src.url.endswith(src.subdir) else ''}"
+
+
+def check_source(src: Source, cache_dir: Path, env_log: Path | None, num_partitions: int, batch_size: int,
+                 on_phase: Callable[[str], None] = lambda phase: None) -> CheckedSource:
+    """Static contract check, dependencies, run environment and import check: the same for validate and submit."""
+    on_phase("checking contract")
+    label = source_label(src)
+    try:
+        spec = check_contract(src.path, label)
+        declared = read_declared_dependencies(src.path)
+        on_phase("preparing environment")
+        python = ensure_run_env(declared.requirements, cache_dir, env_log, declared.origins)
+        on_phase("import check")
+        probe = run_import_check(spec, python, num_partitions, batch_size)
+    except ContractError as exc:  # paths inside the checkout are the source's paths
+        raise ContractError(str(exc).replace(str(src.path), label)) from None
+    return CheckedSource(source=src, spec=spec, python=python, probe=probe, dependencies=declared.requirements,
+                         warnings=declared.warnings, lock=lock_file(python))
+
+
+def _with_app_config(config: RunConfig, app_config: dict[str, Any]) -> RunConfig:
+    """CONFIG with a Flower app's own config values for every field neither the config file nor a flag set."""
+    data = config.model_dump()
+    for dotted, value in run_config_defaults(app_config).items():
+        *parents, leaf = dotted.split(".")
+        owner, node = config, data
+        for key in parents:
+            owner, node = getattr(owner, key), node[key]
+        if leaf not in owner.model_fields_set:
+            node[leaf] = value
+    try:
+        updated = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"pyproject.toml [tool.flwr.app.config]: {exc.errors()[0]['msg']}") from None
+    return config if updated == config else updated
+
+
 def _prepare(source: str, ref: str | None, config: RunConfig, topology: Topology, workdir: Path,
              orchestrator: str, tracking_uri: str, state: RunState, progress: Progress) -> RunPlan:
     cache = cache_dir(workdir)
     progress.phase(state.update(phase="fetching source"))
     src = fetch_source(source, ref, cache)
     state.update(source_url=src.url, commit=src.commit)
-    progress.phase(state.update(phase="checking contract"))
-    spec = check_contract(src.path)
-    dependencies = read_dependencies(src.path)
-    progress.phase(state.update(phase="preparing environment"))
-    python = ensure_run_env(dependencies, cache, state.run_dir / "logs" / "environment.log")
-    progress.phase(state.update(phase="import check"))
-    run_import_check(spec, python)
+    checked = check_source(src, cache, state.run_dir / "logs" / "environment.log", config.learners,
+                           config.training.batch_size, lambda phase: progress.phase(state.update(phase=phase)))
+    for warning in checked.warnings:
+        progress.warn(warning)
+    spec, python, dependencies = checked.spec, checked.python, checked.dependencies
+    shutil.copyfile(checked.lock, state.run_dir / "logs" / "requirements.lock")  # tracking logs logs/
+    config = _with_app_config(config, spec.app_config)
+    state.update(rounds=config.rounds)
     app_dir = augment_app(
         AppSpec(source_url=src.url, source_name=src.name, commit=src.commit, code_dir=spec.code_dir,
                 task_module=spec.task_module, dependencies=dependencies),
@@ -163,12 +221,9 @@ def _prepare(source: str, ref: str | None, config: RunConfig, topology: Topology
     return plan
 
 
-def validate_source(source: str, ref: str | None, cache: Path) -> tuple[Source, ContractSpec, ProbeResult]:
-    """`flops validate`: fetch, static contract check, then the import check in the run's environment."""
-    src = fetch_source(source, ref, cache)
-    spec = check_contract(src.path)
-    python = ensure_run_env(read_dependencies(src.path), cache)
-    return src, spec, run_import_check(spec, python)
+def validate_source(source: str, ref: str | None, cache: Path) -> CheckedSource:
+    """`flops validate`: fetch, then the same checks as a submit (static, dependencies, import check)."""
+    return check_source(fetch_source(source, ref, cache), cache, None, num_partitions=2, batch_size=32)
 
 
 def augment_source(source: str, ref: str | None, config: RunConfig, cache: Path, out_dir: Path,
@@ -179,8 +234,8 @@ def augment_source(source: str, ref: str | None, config: RunConfig, cache: Path,
     if not force and out_dir.is_dir() and any(out_dir.iterdir()):
         raise ConfigError(f"{out_dir}: exists and is not empty; pass --force to replace it")
     src = fetch_source(source, ref, cache)
-    spec = check_contract(src.path)
-    dependencies = read_dependencies(src.path)
+    spec = check_contract(src.path, source_label(src))
+    dependencies = read_declared_dependencies(src.path).requirements
     app_dir = augment_app(
         AppSpec(source_url=src.url, source_name=src.name, commit=src.commit, code_dir=spec.code_dir,
                 task_module=spec.task_module, dependencies=dependencies),

@@ -10,12 +10,16 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from flops.contract.base import ContractSpec, MLContract
+from flops.contract.flower_app import FlowerAppContract
+from flops.contract.oakestra_model_manager import OakestraModelManagerContract
 from flops.contract.pytorch_task import PytorchTaskContract
 from flops.errors import ContractError, EnvironmentSetupError
 
 # Detection order: the first contract whose detect() returns a spec wins.
 CONTRACTS: dict[str, type[MLContract]] = {
+    FlowerAppContract.name: FlowerAppContract,
     PytorchTaskContract.name: PytorchTaskContract,
+    OakestraModelManagerContract.name: OakestraModelManagerContract,
 }
 
 __all__ = [
@@ -38,6 +42,8 @@ class ProbeResult(BaseModel):
     model_bytes: int
     python_version: str
     torch_version: str  # "" when the task does not import torch
+    train_metrics: list[str] = []  # what train() reported on one batch (a float becomes train_loss)
+    accuracy_reported: bool = True  # False when test() returns a loss alone
 
 
 def get_contract(name: str) -> MLContract:
@@ -48,33 +54,40 @@ def get_contract(name: str) -> MLContract:
         raise ContractError(f"unknown ML contract '{name}' (known: {', '.join(sorted(CONTRACTS))})") from None
 
 
-def detect_contract(code_dir: Path) -> ContractSpec:
-    """The spec of the first contract that recognises code_dir; ContractError when none does."""
+def detect_contract(code_dir: Path, label: str | None = None) -> ContractSpec:
+    """The spec of the first contract that recognises code_dir; ContractError when none does.
+
+    LABEL names the source in messages (its URL and the folder inside it), never FLOps' cache path.
+    """
     code_dir = Path(code_dir).resolve()
+    label = label or str(code_dir)
     for contract_class in CONTRACTS.values():
-        spec = contract_class().detect(code_dir)
+        try:
+            spec = contract_class().detect(code_dir)
+        except ContractError as exc:
+            raise ContractError(str(exc).replace(str(code_dir), label)) from None
         if spec is not None:
             return spec
-    if len(CONTRACTS) == 1:
-        (only,) = CONTRACTS.values()
-        raise ContractError(f"no task.py found in {code_dir}: expected {only.expectation} (see README: ML contract)")
     expected = "; or ".join(f"{c.expectation} ({name})" for name, c in CONTRACTS.items())
-    raise ContractError(f"no ML contract matched {code_dir}: expected {expected} (see README: ML contract)")
+    raise ContractError(f"no ML contract matched {label}: expected {expected} (see README: ML contract)")
 
 
-def check_contract(code_dir: Path) -> ContractSpec:
+def check_contract(code_dir: Path, label: str | None = None) -> ContractSpec:
     """Detect the contract and check the code statically (nothing of the user's is imported)."""
-    spec = detect_contract(code_dir)
+    spec = detect_contract(code_dir, label)
     get_contract(spec.contract).check(spec)
     return spec
 
 
-def run_import_check(spec: ContractSpec, python: Path, timeout_s: float = 180) -> ProbeResult:
-    """Import the task and round-trip Net()'s weights with PYTHON (the run's env); ContractError with file:line."""
+def run_import_check(
+    spec: ContractSpec, python: Path, num_partitions: int = 2, batch_size: int = 32, timeout_s: float = 180
+) -> ProbeResult:
+    """Import the task, round-trip Net()'s weights, and run load_data/train/test on one batch with PYTHON (the
+    run's env), through the generated app's own adapter; ContractError with file:line."""
     from flops.contract import probe  # imported here so `python -m flops.contract.probe` runs it only once
 
     # Run the probe by file path, not `-m flops.contract.probe`: the run's env needs numpy, not FLOps' deps.
-    command = [str(python), probe.__file__, str(spec.code_dir), spec.task_module]
+    command = [str(python), probe.__file__, str(spec.code_dir), spec.task_module, str(num_partitions), str(batch_size)]
     # No __pycache__ in the checkout: it is the pinned commit's tree, later packaged as is.
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -16,6 +16,8 @@ class ContractSpec(BaseModel):
     code_dir: Path  # repo root; put first on sys.path when importing
     task_module: str  # import name: "task" or "pkg.task"
     task_file: Path  # absolute path of the task module's file
+    # A Flower app's own [tool.flwr.app.config] (key -> value): run defaults that flags and config override.
+    app_config: dict[str, Any] = {}
 
     @property
     def task_label(self) -> str:

@@ -4,36 +4,17 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 from flops.contract.base import ContractSpec, MLContract
+from flops.contract.probe import load_adapter
 from flops.errors import ContractError
 
 
-@dataclass(frozen=True)
-class ExpectedFunction:
-    """A function task.py must define: its positional parameters and what it returns (for messages)."""
-
-    name: str
-    params: tuple[str, ...]
-    returns: str | None = None
-
-    def signature(self) -> str:
-        arrow = f" -> {self.returns}" if self.returns else ""
-        return f"{self.name}({', '.join(self.params)}){arrow}"
-
-
-EXPECTED_FUNCTIONS = (
-    ExpectedFunction("get_weights", ("net",), "list[np.ndarray]"),
-    ExpectedFunction("set_weights", ("net", "parameters")),
-    ExpectedFunction("load_data", ("partition_id", "num_partitions", "batch_size"), "(trainloader, testloader)"),
-    ExpectedFunction(
-        "train", ("net", "trainloader", "valloader", "epochs", "learning_rate", "device"), "dict"
-    ),
-    ExpectedFunction("test", ("net", "testloader", "device"), "(loss, accuracy)"),
-)
+# Weight functions are optional (the state_dict in order by default); when defined they take the model first.
+WEIGHT_FUNCTIONS = {"get_weights": "get_weights(net) -> list[np.ndarray]", "set_weights": "set_weights(net, parameters)"}
+BOUND_FUNCTIONS = ("load_data", "train", "test")  # called by parameter name: see the adapter's PARAMETER_NAMES
 MODEL_CLASS = "Net"
 TASK_FILE = "task.py"
 
@@ -80,9 +61,14 @@ def find_problems(source: str, label: str) -> list[str]:
     except SyntaxError as exc:
         return [f"{label}:{exc.lineno}: syntax error: {exc.msg}"]
     definitions = top_level_definitions(tree)
+    adapter = load_adapter()
     problems = _model_problems(definitions.get(MODEL_CLASS), label)
-    for expected in EXPECTED_FUNCTIONS:
-        problems += _function_problems(definitions.get(expected.name), expected, label)
+    for name in BOUND_FUNCTIONS:
+        problems += _bound_function_problems(definitions.get(name), name, adapter, label)
+    for name, shape in WEIGHT_FUNCTIONS.items():
+        node = definitions.get(name)
+        if node is not None:
+            problems += _weight_function_problems(node, name, shape, label)
     return problems
 
 
@@ -122,39 +108,47 @@ def _model_problems(node: ast.AST | None, label: str) -> list[str]:
     return []  # a class, or an import/assignment (e.g. Net = ResNet18) that the import check will exercise
 
 
-def _function_problems(node: ast.AST | None, expected: ExpectedFunction, label: str) -> list[str]:
+def _bound_function_problems(node: ast.AST | None, name: str, adapter, label: str) -> list[str]:  # noqa: ANN001
+    accepted = adapter.ACCEPTED_SHAPES[name]
     if node is None:
-        return [f"{label}: missing function {expected.signature()}"]
+        return [f"{label}: missing function {name}; accepted: {accepted}"]
     if isinstance(node, ast.ClassDef):
-        return [f"{label}:{node.lineno}: {expected.name} must be a function, not a class"]
+        return [f"{label}:{node.lineno}: {name} must be a function, not a class"]
     if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        return []  # imported or assigned: its signature is not visible statically
-    return _arity_problems(node, expected, label)
+        return []  # imported or assigned: the import check binds it
+    problem = adapter.binding_problem(name, _parameters(node.args))
+    if problem is None:
+        return []
+    shown = ", ".join(a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs)
+    return [f"{label}:{node.lineno}: {name}({shown}): {problem}; accepted: {accepted}"]
 
 
-def _arity_problems(node: ast.FunctionDef | ast.AsyncFunctionDef, expected: ExpectedFunction, label: str) -> list[str]:
-    """FLOps calls these positionally with exactly len(expected.params) arguments: the def must accept that."""
+def _weight_function_problems(node: ast.AST, name: str, shape: str, label: str) -> list[str]:
+    if isinstance(node, ast.ClassDef):
+        return [f"{label}:{node.lineno}: {name} must be a function, not a class"]
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return []
     args = node.args
-    positional = [a.arg for a in args.posonlyargs + args.args]
+    positional = args.posonlyargs + args.args
+    wanted = 1 if name == "get_weights" else 2
     required = len(positional) - len(args.defaults)
-    wanted = len(expected.params)
-    accepts = required <= wanted and (wanted <= len(positional) or args.vararg is not None)
-    where = f"{label}:{node.lineno}: {node.name}()"
-    problems = []
-    if not accepts:
-        problems.append(
-            f"{where} takes {_count_phrase(required, len(positional), args.vararg is not None)} "
-            f"({', '.join(positional)}); expected {wanted}: ({', '.join(expected.params)})"
-        )
-    missing_keywords = [a.arg for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is None]
-    if missing_keywords:
-        problems.append(f"{where} has keyword-only parameters without defaults: {', '.join(missing_keywords)}")
-    return problems
+    keyword_only_required = [a.arg for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is None]
+    if required > wanted or (len(positional) < wanted and args.vararg is None) or keyword_only_required:
+        shown = ", ".join(a.arg for a in positional + args.kwonlyargs)
+        return [f"{label}:{node.lineno}: {name}({shown}) cannot be called as {shape} "
+                "(or remove it: FLOps then uses the model's state_dict in order)"]
+    return []
 
 
-def _count_phrase(required: int, total: int, has_varargs: bool) -> str:
-    if has_varargs:
-        return f"at least {required} positional parameters"
-    if required == total:
-        return f"{total} positional parameter{'s' if total != 1 else ''}"
-    return f"{required} to {total} positional parameters"
+def _parameters(args: ast.arguments) -> list[tuple[str, str, bool]]:
+    """(name, inspect kind, has_default) from a def's AST, as the adapter's binding_problem takes them."""
+    positional = args.posonlyargs + args.args
+    first_default = len(positional) - len(args.defaults)
+    found = [(a.arg, "POSITIONAL_ONLY" if i < len(args.posonlyargs) else "POSITIONAL_OR_KEYWORD", i >= first_default)
+             for i, a in enumerate(positional)]
+    if args.vararg is not None:
+        found.append((args.vararg.arg, "VAR_POSITIONAL", False))
+    found += [(a.arg, "KEYWORD_ONLY", d is not None) for a, d in zip(args.kwonlyargs, args.kw_defaults)]
+    if args.kwarg is not None:
+        found.append((args.kwarg.arg, "VAR_KEYWORD", False))
+    return found

@@ -35,16 +35,18 @@ def _missing_task() -> tuple[dict[str, str], str]:
 
 def _missing_name() -> tuple[dict[str, str], str]:
     source = valid_task_source().replace("def test(net, testloader, device):", "def evaluate(net, testloader, device):")
-    return {"task.py": source, "requirements.txt": REQUIREMENTS}, r"task\.py: missing function test\("
+    return {"task.py": source, "requirements.txt": REQUIREMENTS}, r"task\.py: missing function test; accepted: test\(net, testloader"
 
 
 def _wrong_arity() -> tuple[dict[str, str], str]:
+    # Parameters are bound by name (issue 9): one FLOps cannot fill is refused, naming the accepted shapes.
     source = valid_task_source().replace(
         "def train(net, trainloader, valloader, epochs, learning_rate, device):",
-        "def train(net, trainloader, epochs, learning_rate, device):",
+        "def train(net, data, epochs, learning_rate, device):",
     )
     line = _line_of(source, "def train(")
-    return {"task.py": source, "requirements.txt": REQUIREMENTS}, rf"task\.py:{line}: train\(\) takes 5 "
+    return ({"task.py": source, "requirements.txt": REQUIREMENTS},
+            rf"task\.py:{line}: train\(net, data, epochs, learning_rate, device\): parameter 'data' .*; accepted: train\(")
 
 
 def _syntax_error() -> tuple[dict[str, str], str]:

@@ -82,17 +82,22 @@ def test_set_weights_that_ignores_its_input_fails_the_round_trip(tmp_path: Path)
 def test_get_weights_returning_tensors_is_rejected(tmp_path: Path) -> None:
     source = valid_task_source().replace("[val.cpu().numpy() for", "[val for")
     spec = spec_for(tmp_path, {"task.py": source})
-    with pytest.raises(ContractError, match=r"get_weights\(net\) must return a list of numpy arrays, got list of Tensor"):
+    with pytest.raises(ContractError, match=r"^task.py:\d+: get_weights\(\) must return a list of numpy arrays, got list of Tensor"):
         run_import_check(spec, PYTHON)
 
 
-def test_load_data_is_never_called(tmp_path: Path) -> None:
+def test_load_data_exiting_is_reported_at_its_line(tmp_path: Path) -> None:
+    # The import check runs load_data for partition 0 (then train and test on one batch): a data loader
+    # that cannot run here would not run on a learner either.
     source = valid_task_source().replace(
         "def load_data(partition_id, num_partitions, batch_size):\n",
         "def load_data(partition_id, num_partitions, batch_size):\n    raise SystemExit('data is on the learners')\n",
     )
     spec = spec_for(tmp_path, {"task.py": source})
-    assert run_import_check(spec, PYTHON).num_arrays == 2
+    with pytest.raises(ContractError) as raised:
+        run_import_check(spec, PYTHON)
+    line = line_of(source, "    raise SystemExit('data is on the learners')")
+    assert str(raised.value) == f"task.py:{line}: load_data(partition 0) failed: SystemExit: data is on the learners"
 
 
 def test_user_modules_named_like_probe_internals_are_not_shadowed(tmp_path: Path) -> None:

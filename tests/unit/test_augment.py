@@ -93,3 +93,9 @@ def test_the_real_templates_need_every_variable(tmp_path: Path) -> None:
     render_tree(FLOWER_APP_TEMPLATE, tmp_path / "complete", {**context, "commit": COMMIT})
     with pytest.raises(jinja2.UndefinedError, match="commit"):
         render_tree(FLOWER_APP_TEMPLATE, tmp_path / "incomplete", context)
+
+
+def test_long_source_names_give_an_app_name_flower_accepts() -> None:
+    # Flower refuses [project].name longer than 32 characters: `flops validate` passed, submit failed (issue 9).
+    name = app_name("names_float_train_dict_test-and-more")
+    assert len(name) <= 32 and name.startswith("flops-names-float") and not name.endswith("-")

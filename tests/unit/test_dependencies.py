@@ -135,3 +135,31 @@ def test_invalid_toml_is_a_contract_error(tmp_path: Path) -> None:
     write_files(tmp_path, {"pyproject.toml": "[project\n"})
     with pytest.raises(ContractError, match=r"^pyproject.toml: invalid TOML"):
         read_dependencies(tmp_path)
+
+
+# --- issue 9: FLOps owns Flower's version; torch's local labels; conda.yaml ---
+
+from flops.dependencies import read_declared_dependencies  # noqa: E402
+
+
+def test_flwr_requirements_are_replaced_with_one_warning_each(tmp_path: Path) -> None:
+    (tmp_path / "requirements.txt").write_text("flwr[simulation]>=1.12\nnumpy\nflwr==1.7.0\nflwr-datasets[vision]>=0.5\n")
+    declared = read_declared_dependencies(tmp_path)
+    assert declared.requirements == ["numpy", "flwr-datasets[vision]>=0.5"]  # flwr-datasets is the user's own
+    assert [w.split(": ")[0] for w in declared.warnings] == ["requirements.txt:1", "requirements.txt:3"]
+    assert declared.warnings[1].startswith("requirements.txt:3: 'flwr==1.7.0' replaced by FLOps' flwr 1.42")
+    assert declared.origins == {"numpy": "requirements.txt:2", "flwr-datasets[vision]>=0.5": "requirements.txt:4"}
+
+
+def test_a_cpu_local_label_on_torch_is_read_as_its_version(tmp_path: Path) -> None:
+    (tmp_path / "requirements.txt").write_text("torch==2.13.0+cpu\ntorchvision==0.28.0+cu121\n")
+    assert read_declared_dependencies(tmp_path).requirements == ["torch==2.13.0", "torchvision==0.28.0"]
+
+
+def test_conda_yaml_gives_its_pip_list_and_conda_packages_as_pypi_names(tmp_path: Path) -> None:
+    (tmp_path / "conda.yaml").write_text(
+        "name: x\ndependencies:\n  - python=3.11\n  - pip\n  - pytorch=2.13\n  - conda-forge::numpy\n"
+        "  - pip:\n      - scikit-learn>=1.4\n")
+    declared = read_declared_dependencies(tmp_path)
+    assert declared.requirements == ["torch==2.13.*", "numpy", "scikit-learn>=1.4"]
+    assert declared.origins["scikit-learn>=1.4"] == "conda.yaml:8"

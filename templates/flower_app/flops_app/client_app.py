@@ -9,7 +9,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from flops_app import cluster_aggregator
-from flops_app.user_task import load_task, num_examples, numeric_metrics
+from flops_app.user_task import UserCodeError, load_task, num_examples, numeric_metrics
 
 app = ClientApp()
 
@@ -25,14 +25,15 @@ def _failure(msg: Message, context: Context, stage: str, exc: Exception) -> Mess
     """
     traceback.print_exc()
     partition_id, _ = _partition(context)
-    reason = f"learner {partition_id}: {stage}: {type(exc).__name__}: {exc}"
+    reason = f"learner {partition_id}: {exc}" if isinstance(exc, UserCodeError) else (
+        f"learner {partition_id}: {stage}: {type(exc).__name__}: {exc}")
     return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
 
 
 def _model_and_data(msg: Message, context: Context):  # noqa: ANN202 - the user's own types
     cfg = context.run_config
     task = load_task(str(cfg["task-module"]))
-    net = task.Net()
+    net = task.build_net()
     task.set_weights(net, msg.content["arrays"].to_numpy_ndarrays())
     partition_id, num_partitions = _partition(context)
     trainloader, testloader = task.load_data(partition_id, num_partitions, int(cfg["batch-size"]))
@@ -71,8 +72,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     try:
         task, net, _, testloader = _model_and_data(msg, context)
         stage = "test"
-        loss, accuracy = task.test(net, testloader, str(context.run_config["device"]))
-        metrics = {"loss": float(loss), "accuracy": float(accuracy), "num-examples": num_examples(testloader)}
+        metrics = task.test(net, testloader, str(context.run_config["device"]))  # {"loss"[, "accuracy"]}
+        metrics["num-examples"] = num_examples(testloader)
     except Exception as exc:  # noqa: BLE001
         return _failure(msg, context, stage, exc)
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -14,7 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 from flops_app.aggregation import payload_bytes
 from flops_app.events import EventLog, load_arrays
 from flops_app.strategy import FlopsFedAvg
-from flops_app.user_task import input_example, load_task
+from flops_app.user_task import UserCodeError, input_example, load_task
 
 app = ServerApp()
 
@@ -36,8 +36,19 @@ def main(grid: Grid, context: Context) -> None:
     except Exception as exc:
         traceback.print_exc()
         message = str(exc) if str(exc).startswith(("learner", "cluster")) else f"{tier} aggregator: {type(exc).__name__}: {exc}"
+        if isinstance(exc, UserCodeError):  # the user's function and line, and a file with the full traceback
+            message = f"{tier} aggregator: {exc}{_save_traceback(events, tier, exc.details)}"
         events.emit("failed", message=message)
         raise
+
+
+def _save_traceback(events: EventLog, tier: str, details: str) -> str:
+    """Write the user's full traceback beside the events (the ServerApp's stderr is not kept): " (traceback: PATH)"."""
+    if events.output_dir is None:
+        return ""
+    path = events.output_dir / f"{tier}-aggregator-traceback.log"
+    path.write_text(details, encoding="utf-8")
+    return f" (traceback: {path})"
 
 
 def _strategy(cfg: dict) -> FlopsFedAvg:
@@ -76,7 +87,7 @@ class LinkCosts:
 
 def _root_federation(grid: Grid, cfg: dict, events: EventLog) -> None:
     task = load_task(str(cfg["task-module"]))
-    net = task.Net()
+    net = task.build_net()
     device = str(cfg["device"])
     # Central evaluation on the test split of the whole data set, as the tutorials' global server does.
     _, central_testloader = task.load_data(0, 1, int(cfg["batch-size"]))
@@ -92,8 +103,7 @@ def _root_federation(grid: Grid, cfg: dict, events: EventLog) -> None:
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         latest[0] = arrays
         task.set_weights(net, arrays.to_numpy_ndarrays())
-        loss, accuracy = task.test(net, central_testloader, device)
-        central = {"loss": float(loss), "accuracy": float(accuracy)}
+        central = task.test(net, central_testloader, device)  # {"loss"[, "accuracy"]}
         stats = strategy.round_stats.get(server_round, {})
         cost = costs.round_cost(stats) if server_round else 0.0
         spent[0] += cost
@@ -101,7 +111,7 @@ def _root_federation(grid: Grid, cfg: dict, events: EventLog) -> None:
         events.emit("round", round=server_round, rounds=num_rounds, duration_s=now - round_started[0],
                     central=central, cost=cost, **stats)
         round_started[0] = now
-        if server_round and target and accuracy >= target:
+        if server_round and target and central.get("accuracy", 0.0) >= target:
             raise StopFederation(f"target accuracy {target} reached in round {server_round}")
         if server_round and budget and server_round < num_rounds and spent[0] + cost > budget:
             raise StopFederation(
