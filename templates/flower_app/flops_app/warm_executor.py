@@ -59,6 +59,24 @@ def _port_open(address: str) -> bool:
         return sock.connect_ex((host, int(port))) == 0
 
 
+def _reap_orphans(own: set[int]) -> None:
+    """As a container's PID 1, reap the zombies orphaned processes leave (children of the user's code)."""
+    if os.getpid() != 1:
+        return
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in own:
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == "Z" and int(fields[1]) == 1:
+            try:
+                os.waitpid(int(entry.name), os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
 def _log(text: str) -> None:
     print(f"[warm-executor {os.getpid()}] {text}", file=sys.stderr, flush=True)
 
@@ -149,6 +167,7 @@ class Launcher:
             if (code := self.supernode.poll()) is not None:
                 _log(f"flower-supernode exited with code {code}")
                 return code
+            _reap_orphans({self.supernode.pid} | ({self.worker.proc.pid} if self.worker else set()))
             if self.worker is not None and self.worker.proc.poll() is not None:
                 _log(f"run {self.worker.run_id}: idle warm worker exited with code {self.worker.proc.returncode}")
                 self._retire_worker()
