@@ -21,7 +21,7 @@ from conftest import FIXTURES_DIR, FLOPS, FlopsResult, assert_no_process_left, f
 
 pytestmark = pytest.mark.slow
 
-LEARNERS, ROUNDS = 2, 3
+LEARNERS, ROUNDS = 2, 2
 
 
 @dataclass
@@ -62,6 +62,7 @@ def warm_and_cold(probe_repo: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return _submit(probe_repo, base / "warm", cold=False), _submit(probe_repo, base / "cold", cold=True)
 
 
+@pytest.mark.timeout(1800)  # its fixture runs two federations, one of them on Flower's cold path
 def test_each_learner_keeps_one_process_and_loads_its_data_once(warm_and_cold: tuple[ProbedRun, ProbedRun]) -> None:
     warm, cold = warm_and_cold
     learner_pids = set()
@@ -112,7 +113,7 @@ def test_kill_9_of_a_warm_learner_mid_round_fails_the_run_naming_it(probe_repo: 
     probe.mkdir()
     (probe / "hold").touch()  # every train() waits: the kill lands mid-round
     env = flops_env(FLOPS_TEST_PROBE_DIR=str(probe))
-    proc = subprocess.Popen([str(FLOPS), "submit", probe_repo.as_uri(), "--learners", "2", "--rounds", "10",
+    proc = subprocess.Popen([str(FLOPS), "submit", probe_repo.as_uri(), "--learners", "2", "--rounds", "3",
                              "--round-timeout", "300", "--workdir", str(workdir), "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             stdin=subprocess.DEVNULL)
