@@ -100,3 +100,13 @@ def test_a_timeout_returns_what_arrived(prompt_grid) -> None:  # noqa: ANN001
     inner = ReplyingGrid({"a": (1, _reply("a")), "b": (10_000, _reply("b"))})
     replies = prompt_grid.PromptGrid(inner).send_and_receive(["a", "b"], timeout=0.3)
     assert [r.metadata.reply_to_message_id for r in replies] == ["a"]
+
+
+def test_the_image_runs_learners_and_cluster_aggregators_warm() -> None:
+    from image_builder.flower_app import APP_WORKDIR, ENTRYPOINT_PATH, runtime_files
+
+    script = runtime_files()[ENTRYPOINT_PATH]
+    warm = f"exec python3 {APP_WORKDIR}/flops_app/warm_executor.py -- flower-supernode --insecure"
+    for role in ("learner)", "cluster-aggregator)"):
+        branch = script.split(f"  {role}", 1)[1].split(";;", 1)[0]
+        assert warm in branch, branch
