@@ -1,6 +1,8 @@
 """Seconds per round of the same app and data three ways: `flops submit`, plain Flower started by hand, bare compute.
 
 (a) flops: the CLI with --json; per-round seconds from MLflow's round_duration_s, total wall time of the CLI.
+    FLOps runs warm learners (flops_app/warm_executor.py); "flops-cold" sets FLOPS_COLD_LEARNERS=1, i.e.
+    Flower's own fresh ClientApp process per message, for comparison.
 (b) plain: `flops augment` once, then flower-superlink, N flower-supernode and `flwr run --stream` started here;
     per-round seconds from the ServerApp's own `[flops] {"event": "round", ...}` lines.
 (c) compute: the task imported directly; per round, train() then test() for each partition in turn.
@@ -31,53 +33,16 @@ from flops.environment import ensure_run_env  # noqa: E402
 
 CONFIGS: dict[str, dict[str, Any]] = {
     # name: (how, poll interval, federated evaluation)
-    "flops": {"how": "flops", "poll": "0.1", "evaluate": True},  # FLOps as shipped (it sets 0.1)
+    "flops": {"how": "flops", "poll": "0.1", "evaluate": True},  # FLOps as shipped: warm learners
+    "flops-cold": {"how": "flops", "poll": "0.1", "evaluate": True, "cold": True},
     "flops-poll1": {"how": "flops", "poll": "1.0", "evaluate": True},
     "flops-noeval": {"how": "flops", "poll": "0.1", "evaluate": False},
     "plain-poll1": {"how": "plain", "poll": "1.0", "evaluate": True},  # Flower's defaults
     "plain": {"how": "plain", "poll": "0.1", "evaluate": True},  # what FLOps runs, by hand
     "plain-noeval": {"how": "plain", "poll": "0.1", "evaluate": False},
-    # The ServerApp's grid pulls replies every 0.2 s instead of Flower's hard-coded 3 s (a patched app copy).
-    "plain-fastpull": {"how": "plain", "poll": "0.1", "evaluate": True, "fast_pull": True},
     "compute": {"how": "compute"},
 }
 RUN_TIMEOUT_S = 600.0
-
-# Proposed for templates/flower_app/flops_app/server_app.py; the bench applies it to its own app copy only.
-FAST_PULL_PATCH = '''
-
-def _fast_pull(grid: Grid, interval_s: float = 0.2) -> None:
-    """HttpGrid.send_and_receive sleeps 3 s between pulls; on loopback a reply is ready long before."""
-
-    def send_and_receive(messages, *, timeout=None):  # noqa: ANN001, ANN202 - Grid's signature
-        ids = set(grid.push_messages(messages))
-        end, replies = time.time() + (timeout or 0.0), []
-        while timeout is None or time.time() < end:
-            got = list(grid.pull_messages(ids))
-            replies += got
-            ids -= {m.metadata.reply_to_message_id for m in got}
-            if not ids:
-                break
-            time.sleep(interval_s)
-        return replies
-
-    grid.send_and_receive = send_and_receive
-'''
-
-
-def fast_pull_copy(app_dir: Path) -> Path:
-    """A copy of the augmented app whose ServerApp uses _fast_pull (FAST_PULL_PATCH)."""
-    import shutil
-
-    patched = app_dir.with_name(app_dir.name + "-fastpull")
-    shutil.copytree(app_dir, patched)
-    server_app = patched / "flops_app" / "server_app.py"
-    text = server_app.read_text()
-    anchor = "    cfg = context.run_config\n    events = EventLog("
-    assert anchor in text, "server_app.py changed: update FAST_PULL_PATCH's anchor"
-    server_app.write_text(text.replace(anchor, "    _fast_pull(grid)\n" + anchor, 1) + FAST_PULL_PATCH)
-    return patched
-
 
 def run_flops(source: str, tmp: Path, learners: int, rounds: int, cfg: dict[str, Any]) -> dict[str, Any]:
     args = ["--learners", str(learners), "--rounds", str(rounds)]
@@ -85,7 +50,8 @@ def run_flops(source: str, tmp: Path, learners: int, rounds: int, cfg: dict[str,
         config = tmp / "noeval.yaml"
         config.write_text("strategy:\n  fraction_evaluate: 0.0\n  min_evaluate_nodes: 0\n")
         args += ["--config", str(config)]
-    summary = flops_submit(source, tmp / "work", args, env={"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": cfg["poll"]})
+    env = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": cfg["poll"], **({"FLOPS_COLD_LEARNERS": "1"} if cfg.get("cold") else {})}
+    summary = flops_submit(source, tmp / "work", args, env=env)
     rounds_s = mlflow_round_durations(summary["tracking_uri"], summary["mlflow_run_id"])
     return {"rounds_s": rounds_s, "wall_s": summary["cli_wall_s"], "run_s": summary["duration_s"],
             "accuracy": summary["final_metrics"]["accuracy"], "load": summary["load_before"]}
@@ -210,8 +176,8 @@ def main() -> None:
     parser.add_argument("--learners", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--configs", nargs="+", default=["compute", "flops", "plain", "plain-poll1", "flops-poll1",
-                                                         "plain-noeval", "flops-noeval"], choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=["compute", "flops", "flops-cold", "plain", "flops-noeval"],
+                        choices=list(CONFIGS))
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-round-overhead-"))
     source = example_repo(tmp)
@@ -219,7 +185,6 @@ def main() -> None:
     app_dir = tmp / "app"
     subprocess.run([str(FLOPS_CLI), "augment", source, "-o", str(app_dir), "--workdir", str(tmp / "work")],
                    check=True, capture_output=True)
-    fast_app = fast_pull_copy(app_dir)
     print(f"# {args.learners} learners, {args.rounds} rounds, {args.repeat} runs per configuration; work in {tmp}")
     print(f"# load before: {load_average()}  (shared 2-core machine)")
 
@@ -231,7 +196,7 @@ def main() -> None:
             if cfg["how"] == "flops":
                 result = run_flops(source, tmp, args.learners, args.rounds, cfg)
             elif cfg["how"] == "plain":
-                result = run_plain(fast_app if cfg.get("fast_pull") else app_dir, python.parent, tmp, args.learners, args.rounds, cfg)
+                result = run_plain(app_dir, python.parent, tmp, args.learners, args.rounds, cfg)
             else:
                 result = run_compute(args.learners, args.rounds)
             results[name].append(result)
@@ -251,12 +216,15 @@ def main() -> None:
             held_t = [s for r in runs for s in r["held_train"]]
             held_e = [s for r in runs for s in r["held_eval"]]
             extra = f"  node holds train msg {fmt(held_t)}" + (f", evaluate msg {fmt(held_e)}" if held_e else "")
+        compute = per_round.get("compute")
+        if compute is not None and name != "compute":
+            extra += f"  minus compute {per_round[name] - compute:.2f} s"
         print(f"  {name:13s} round {fmt(medians)}  wall {fmt([r['wall_s'] for r in runs])}  "
               f"run {fmt([r['run_s'] for r in runs])}  loads {[r['load'] for r in runs]}{extra}")
     print("\n## ratios (per-round medians)")
-    for a, b in (("flops", "plain"), ("plain", "compute"), ("flops", "compute"), ("plain-poll1", "plain"),
-                 ("flops-poll1", "flops"), ("plain-noeval", "plain"), ("flops-noeval", "flops"),
-                 ("plain-fastpull", "plain")):
+    for a, b in (("plain", "flops"), ("flops-cold", "flops"), ("flops", "compute"), ("plain", "compute"),
+                 ("plain-poll1", "plain"), ("flops-poll1", "flops"), ("plain-noeval", "plain"),
+                 ("flops-noeval", "flops")):
         if a in per_round and b in per_round:
             print(f"  {a}/{b}: {per_round[a] / per_round[b]:.2f}")
     print(f"# load after: {load_average()}")

@@ -25,6 +25,9 @@ from flops.plan import RunPlan
 # processes that left their group, such as a flower-superexec re-parented to init.
 RUN_ID_ENV = "FLOPS_RUN_ID"
 STOP_GRACE_S = 5.0
+# Set to 1 for Flower's own one-process-per-message ClientApps instead of warm learners (benchmarks and the
+# cold-vs-warm equality test compare the two).
+COLD_LEARNERS_ENV = "FLOPS_COLD_LEARNERS"
 
 
 # Ports are chosen below Linux's ephemeral range (32768-60999): a port the kernel hands out for an
@@ -142,6 +145,9 @@ class LocalOrchestrator(Orchestrator):
         argv = [str(plan.python.parent / "flower-supernode"), "--insecure",
                 "--superlink", f"127.0.0.1:{superlink_port}", "--port", str(port),
                 "--node-config", node_config_text(node_config), "--max-retries", "5", "--max-wait-time", "30"]
+        if os.environ.get(COLD_LEARNERS_ENV) != "1":
+            # One component, one process group: the launcher runs the SuperNode and the run's warm worker.
+            argv = [str(plan.python), str(plan.app_dir / "flops_app" / "warm_executor.py"), "--", *argv]
         self._spawn(plan, record, argv)
         self._pending_ports.append((port, record))
         return record

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import random
+import sys
 import traceback
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
 
 from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -30,14 +37,48 @@ def _failure(msg: Message, context: Context, stage: str, exc: Exception) -> Mess
     return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
 
 
+@dataclass
+class _Loaded:
+    """The user's task, model and data as one process set them up, and the random state right after."""
+
+    task: ModuleType
+    net: Any
+    trainloader: Any
+    testloader: Any
+    rng_state: tuple
+
+
+# A warm learner process (warm_executor.py) serves every message of one run: set up once, reused.
+_loaded: dict[tuple, _Loaded] = {}
+
+
+def _rng_state() -> tuple:
+    torch = sys.modules.get("torch")
+    return random.getstate(), np.random.get_state(), torch.get_rng_state() if torch else None
+
+
+def _restore_rng(state: tuple) -> None:
+    random.setstate(state[0])
+    np.random.set_state(state[1])
+    if state[2] is not None:
+        sys.modules["torch"].set_rng_state(state[2])
+
+
 def _model_and_data(msg: Message, context: Context):  # noqa: ANN202 - the user's own types
     cfg = context.run_config
-    task = load_task(str(cfg["task-module"]))
-    net = task.build_net()
-    task.set_weights(net, msg.content["arrays"].to_numpy_ndarrays())
     partition_id, num_partitions = _partition(context)
-    trainloader, testloader = task.load_data(partition_id, num_partitions, int(cfg["batch-size"]))
-    return task, net, trainloader, testloader
+    key = (str(cfg["task-module"]), partition_id, num_partitions, int(cfg["batch-size"]))
+    if key not in _loaded:
+        task = load_task(key[0])
+        net = task.build_net()
+        trainloader, testloader = task.load_data(partition_id, num_partitions, key[3])
+        _loaded[key] = _Loaded(task, net, trainloader, testloader, _rng_state())
+    loaded = _loaded[key]
+    # Every message starts from the random state a fresh process would have here (import, Net(),
+    # load_data), so a seeded task trains exactly as on Flower's one-process-per-message path.
+    _restore_rng(loaded.rng_state)
+    loaded.task.set_weights(loaded.net, msg.content["arrays"].to_numpy_ndarrays())
+    return loaded.task, loaded.net, loaded.trainloader, loaded.testloader
 
 
 @app.train()

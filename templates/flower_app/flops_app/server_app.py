@@ -13,6 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from flops_app.aggregation import payload_bytes
 from flops_app.events import EventLog, load_arrays
+from flops_app.prompt_grid import PromptGrid
 from flops_app.strategy import FlopsFedAvg
 from flops_app.user_task import UserCodeError, input_example, load_task
 
@@ -28,6 +29,8 @@ def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
     events = EventLog(str(cfg["flops-output-dir"]))
     tier = str(cfg["flops-tier"])
+    grid = PromptGrid(grid)
+    grid.wait_for_nodes(int(cfg["min-available-nodes"]), float(cfg["round-timeout-s"]))
     try:
         if tier == "cluster":
             _cluster_federation(grid, cfg, events)
