@@ -144,8 +144,11 @@ def main() -> int:
             step=int(request["step"]),
         )
     if request.get("datasets"):
-        _log_partition_datasets(MlflowClient(request["tracking_uri"]), request["mlflow_run_id"], task,
-                                request["datasets"], info.model_id)
+        try:
+            _log_partition_datasets(MlflowClient(request["tracking_uri"]), request["mlflow_run_id"], task,
+                                    request["datasets"], info.model_id)
+        except Exception as exc:  # noqa: BLE001 - datasets describe the run; a loader FLOps cannot read must not lose the model
+            print(f"partition datasets not logged: {type(exc).__name__}: {exc}", file=sys.stderr)
     print(json.dumps({
         "model_uri": f"models:/{request['registered_model_name']}/{info.registered_model_version}",
         "logged_model_uri": info.model_uri,
