@@ -18,7 +18,7 @@ from flops.tracking import default_tracking_uri
 # MLflow 3.17's UI picks the experiment view from the `workflowType` URL parameter (or the browser's last choice),
 # not from the experiment's tags: a link with it opens on model training instead of the GenAI traces view.
 MODEL_TRAINING_VIEW = "workflowType=machine_learning"
-STARTUP_TIMEOUT_S = 120.0
+STARTUP_TIMEOUT_S = 300.0  # a loaded machine needs minutes for a first start (store migrations)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -35,7 +35,8 @@ def ui_argv(tracking_uri: str, workdir: Path, host: str, port: int) -> list[str]
     artifacts = (workdir / "mlartifacts").resolve()
     return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri,
             "--default-artifact-root", (artifacts / "default").as_uri(),
-            "--artifacts-destination", str(artifacts), "--host", host, "--port", str(port)]
+            "--artifacts-destination", str(artifacts), "--host", host, "--port", str(port),
+            "--workers", "1"]  # one user, one browser: no need for four servers
 
 
 class MlflowUI:
@@ -84,21 +85,6 @@ class MlflowUI:
         self.stop()
         raise FlopsError(f"the MLflow UI did not answer on {self.url} within {STARTUP_TIMEOUT_S:.0f}s (log: {self.log_path})")
 
-    def wait(self) -> int:
-        """Block until the server exits or SIGTERM/SIGINT arrives; either way the server is gone on return."""
-        def stop_on_signal(signum: int, _frame: object) -> None:
-            raise KeyboardInterrupt
-
-        previous = {sig: signal.signal(sig, stop_on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            return self.process.wait() if self.process is not None else 0
-        except KeyboardInterrupt:
-            return 0
-        finally:
-            self.stop()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
     def stop(self, grace_s: float = 10.0) -> None:
         if self.process is None:
             return
@@ -126,11 +112,26 @@ def latest_experiments(tracking_uri: str) -> list[tuple[str, str]]:
     return [(e.experiment_id, e.name) for e in experiments if e.name != "Default"]
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def serve_ui(workdir: Path, tracking_uri: str | None, port: int, announce: Callable[[str], None]) -> int:
-    """Start the UI, announce its URLs once it answers, serve until stopped; returns the exit code."""
+    """Start the UI, announce its URLs once it answers, serve until stopped; returns the exit code.
+
+    SIGTERM and SIGINT are caught from the first moment, so the server never outlives this call.
+    """
     ui = MlflowUI(workdir, tracking_uri, port=port)
-    ui.start()
-    announce(f"MLflow UI for {ui.tracking_uri} on {ui.url} (Ctrl-C stops it)")
-    for experiment_id, name in latest_experiments(ui.tracking_uri)[:5]:
-        announce(f"  {name}: {ui.experiment_url(experiment_id)}")
-    return ui.wait()
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        ui.start()
+        announce(f"MLflow UI for {ui.tracking_uri} on {ui.url} (Ctrl-C stops it)")
+        for experiment_id, name in latest_experiments(ui.tracking_uri)[:5]:
+            announce(f"  {name}: {ui.experiment_url(experiment_id)}")
+        return ui.process.wait() if ui.process is not None else 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        ui.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
