@@ -110,3 +110,44 @@ def test_ui_refuses_a_busy_port() -> None:
         with pytest.raises(BadInputError, match=f"--port {port}: .* already in use") as caught:
             check_port_free("127.0.0.1", port)
         assert caught.value.exit_code == 2
+
+
+def test_hierarchical_events_make_consistent_parent_and_cluster_runs(tmp_path: Path) -> None:
+    """The root's and clusters' events as the aggregators write them, tracked into a real SQLite store."""
+    plan = _plan(tmp_path, "https://alice:tok@a/wine", clusters=2)
+    (tmp_path / "app" / "pyproject.toml").write_text("[project]\nname = 'app'\n")
+    tracker = Tracker(plan.tracking_uri, tmp_path / "mlartifacts")
+    parent = tracker.start(plan)
+    t0 = 1_800_000_000.0
+    tracker.log_initial({"event": "round", "round": 0, "time": t0, "central": {"accuracy": 0.1, "loss": 2.0}})
+    for cluster, offset in (("c0", 1.0), ("c1", 2.0)):
+        for local in (1, 2):
+            tracker.log_local_round(cluster, {"event": "local_round", "global_round": 1, "local_round": local,
+                                              "time": t0 + offset + local, "examples": 30, "bytes_to_root": 48,
+                                              "evaluate": {"loss": 1.0 / local}, "train": {"loss": 0.5}}, 2)
+    tracker.log_round({"event": "round", "round": 1, "time": t0 + 10, "central": {"accuracy": 0.8, "loss": 0.5},
+                       "clusters": {"0": {"bytes_to_root": 24, "examples": 30}, "1": {"bytes_to_root": 24, "examples": 30}}},
+                      {"0": "c0", "1": "c1"})
+    tracker.finish("FINISHED")
+    client = tracker.client
+    run = client.get_run(parent)
+    assert run.data.tags["mlflow.source.name"] == "https://a/wine"  # no credentials anywhere
+    assert "tok" not in str(run.data.params) + str(run.data.tags)
+    assert [(m.step, m.timestamp) for m in client.get_metric_history(parent, "central_accuracy")] == [
+        (0, int(t0 * 1000)), (1, int((t0 + 10) * 1000))]
+    assert [m.step for m in client.get_metric_history(parent, "cluster-c0/evaluate_loss")] == [1]
+    assert run.data.metrics["cluster-c1/examples"] == 30
+    children = {c.data.tags["flops.cluster"]: c for c in client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")}
+    assert sorted(children) == ["c0", "c1"]
+    for name, offset in (("c0", 1.0), ("c1", 2.0)):
+        child = children[name]
+        assert child.info.start_time == int(t0 * 1000)  # the root's round 0: when clusters start working
+        assert child.info.end_time == int((t0 + offset + 2) * 1000)  # its own last local round
+        assert set(child.data.metrics) == {"local_round/examples", "local_round/bytes_learners_to_cluster",
+                                           "local_round/evaluate_loss", "local_round/train_loss",
+                                           "local_round/global_round"}
+        shared = set(child.data.params) & set(run.data.params)
+        assert {k: child.data.params[k] for k in shared - {"learners"}} == {k: run.data.params[k] for k in shared - {"learners"}}
+        assert child.data.params["learners"] == "2" and run.data.params["learners"] == "4"
+    assert (run.data.params["clusters"], run.data.params["local_rounds"]) == ("2", "2")
