@@ -207,12 +207,9 @@ def stop_command(run_id: str, workdir: Path) -> None:
 @click.option("--port", type=int, default=5000, show_default=True)
 @click.option("--tracking-uri", help="Store to show (default: the work dir's SQLite store).")
 @workdir_option
+@reports_errors
 def ui_command(port: int, tracking_uri: str | None, workdir: Path) -> None:
     """Open the MLflow UI on the same store `flops submit` writes."""
-    from flops.tracking import default_tracking_uri
+    from flops.ui import serve_ui
 
-    uri = tracking_uri or default_tracking_uri(workdir.resolve())
-    argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-            "--port", str(port)]
-    click.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port}", err=True)
-    sys.exit(subprocess.call(argv))
+    sys.exit(serve_ui(workdir, tracking_uri, port, lambda line: click.echo(line, err=True)))

@@ -18,6 +18,7 @@ from flops.preparation import Progress, StopRequested, SilentProgress, raise_sto
 from flops.run_events import ClusterEvents, EventTail, learner_log_hint, record_round
 from flops.runstate import TERMINAL, RunState, load_state
 from flops.tracking import Tracker, log_final_model
+from flops.tracking_names import run_description
 
 POLL_INTERVAL_S = 0.5  # how often the controller looks at events, processes and Flower's run status
 MLFLOW_STATUS = {"FINISHED": "FINISHED", "FAILED": "FAILED", "STOPPED": "KILLED"}
@@ -41,13 +42,12 @@ def execute_run(plan: RunPlan, progress: Progress | None = None) -> RunState:
     status, message = "FAILED", ""
     try:
         state.update(mlflow_run_id=tracker.start(plan))
-        tracker.start_clusters(plan)
         tracker.log_topology(plan)
         deployment = orchestrator.deploy(plan)
         state.update(deployment=deployment)
         _train(plan, state, orchestrator, deployment, tracker, progress)
         progress.phase(state.update(phase="logging model"))
-        logged = log_final_model(plan, tracker.run_id, plan.task_module, plan.dependencies)
+        logged = log_final_model(plan, tracker)
         state.update(model_uri=logged["model_uri"])
         tracker.set_tag("flops.model_uri", logged["model_uri"])
         status = "FINISHED"
@@ -64,7 +64,7 @@ def execute_run(plan: RunPlan, progress: Progress | None = None) -> RunState:
             signal.signal(sig, signal.SIG_IGN)
         if state.deployment is not None:
             orchestrator.stop(state.deployment)
-        _close_tracking(tracker, state, status)
+        _close_tracking(tracker, state, status, message)
         state.update(status=status, message=message, phase="done", ended_at=time.time())
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -72,13 +72,15 @@ def execute_run(plan: RunPlan, progress: Progress | None = None) -> RunState:
     return state
 
 
-def _close_tracking(tracker: Tracker, state: RunState, status: str) -> None:
+def _close_tracking(tracker: Tracker, state: RunState, status: str, message: str) -> None:
     if tracker.mlflow_run_id is None:
         return
     tracker.log_summary({"bytes_to_root_total": float(state.bytes_to_root),
-                         "rounds_completed": float(state.rounds_completed)})
-    tracker.log_logs(state.run_dir / "logs")
-    tracker.log_accuracy_curve(state.history, state.run_dir / "accuracy.png")
+                         "rounds_completed": float(state.rounds_completed)}, step=state.rounds_completed)
+    tracker.log_logs(state.run_dir / "logs", state.run_dir / "clean_logs")
+    tracker.log_curves(state.run_dir / "plots")
+    tracker.describe(run_description(tracker.plan, status, message, {m.key: m.value for m in tracker.final_metrics},
+                                     state.rounds_completed, state.bytes_to_root, state.model_uri))
     tracker.finish(MLFLOW_STATUS[status])
 
 
@@ -110,7 +112,7 @@ def _monitor(plan: RunPlan, state: RunState, orchestrator: Any, deployment: Any,
                 tracker.log_local_round(cluster, event, cfg.local_rounds)
         for event in tail.read():
             if event["event"] == "round" and event["round"] == 0:
-                tracker.log_initial(event)  # the initial model's central evaluation, before any training
+                tracker.log_initial(event)  # the initial model's central evaluation: step 0 of the curves
             elif event["event"] == "round":
                 record_round(state, tracker.log_round(event, cluster_names), event, cluster_names)
                 progress.round(state)

@@ -26,7 +26,7 @@ def example_run(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) ->
     workdir = tmp_path_factory.mktemp("example-work")
     result = run_flops(
         "submit", example_repo.as_uri(), "--learners", str(LEARNERS), "--rounds", str(ROUNDS),
-        "--workdir", str(workdir), "--json",
+        "--workdir", str(workdir), "--json", timeout_s=1800,  # the shared CI machine can be slow; no timing asserted
     )
     assert result.returncode == 0, result.output
     return SubmittedRun(workdir, result, result.last_json(), repo=example_repo)
@@ -71,16 +71,83 @@ def test_mlflow_has_one_point_per_round_for_central_and_aggregated_learner_metri
     example_run: SubmittedRun,
 ) -> None:
     client, run_id = example_run.client, example_run.summary["mlflow_run_id"]
-    keys = set(client.get_run(run_id).data.metrics)
-    per_round = {"central_accuracy", "central_loss"} | {k for k in keys if k.startswith(("train_", "evaluate_"))}
-    assert any(k.startswith("train_") for k in per_round), keys
-    assert {"evaluate_accuracy", "evaluate_loss"} <= per_round, keys
-    for key in sorted(per_round):
+    run = client.get_run(run_id)
+    keys = set(run.data.metrics)
+    learner = {k for k in keys if k.startswith(("train_", "evaluate_"))}
+    assert any(k.startswith("train_") for k in learner), keys
+    assert {"evaluate_accuracy", "evaluate_loss"} <= learner, keys
+    # Central evaluation starts at round 0, the initial model, on the same curve as every later round.
+    for key in ("central_accuracy", "central_loss"):
+        steps = sorted(m.step for m in client.get_metric_history(run_id, key))
+        assert steps == list(range(0, ROUNDS + 1)), (key, steps)
+    for key in sorted(learner):
         steps = sorted(m.step for m in client.get_metric_history(run_id, key))
         assert steps == list(range(1, ROUNDS + 1)), (key, steps)
+    assert not any(k.startswith("initial_") for k in keys), keys
+    # Every point carries the wall time it was measured at, within the run (never 0, 1970 on a time axis).
+    for key in sorted(keys):
+        for metric in client.get_metric_history(run_id, key):
+            assert run.info.start_time <= metric.timestamp <= run.info.end_time, (key, metric)
     history = client.get_metric_history(run_id, "central_accuracy")
     final = max(history, key=lambda m: m.step).value
     assert final == pytest.approx(example_run.summary["final_metrics"]["accuracy"])
+
+
+def test_mlflow_names_say_what_ran(example_run: SubmittedRun) -> None:
+    client, summary = example_run.client, example_run.summary
+    run = client.get_run(summary["mlflow_run_id"])
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == "digits-cnn"
+    assert experiment.tags["flops.source_url"] == example_run.repo.as_uri()
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert Path(experiment.artifact_location.removeprefix("file://")).is_relative_to(example_run.workdir)
+    assert run.info.run_name == f"digits-cnn {LEARNERS} learners x {ROUNDS} rounds fedavg"
+    assert run.data.tags["flops.run_id"] == summary["run_id"]
+    note = run.data.tags["mlflow.note.content"]
+    assert "FINISHED" in note and f"{summary['final_metrics']['accuracy']:.4f}" in note, note
+    # Partition datasets: one per learner, sized as load_data makes them, plus the central test split.
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    partitions = [inputs[f"partition {i} of {LEARNERS} (train)"] for i in range(LEARNERS)]
+    sizes = [json.loads(d.dataset.profile)["num_rows"] for d in partitions]
+    assert sum(sizes) == 1437 and len({d.dataset.digest for d in partitions}) == LEARNERS, sizes  # digits' 80 %
+    assert json.loads(inputs["central test split"].dataset.profile)["num_rows"] == 360
+
+
+def test_logged_model_carries_final_metrics_user_source_and_pinned_requirements(example_run: SubmittedRun) -> None:
+    client, summary = example_run.client, example_run.summary
+    run = client.get_run(summary["mlflow_run_id"])
+    version = client.get_model_version(*summary["model_uri"].removeprefix("models:/").split("/"))
+    model = client.get_logged_model(version.model_id)
+    # The model page shows what the final model scored: the run's final values, no round 0 value.
+    linked = {m.key: m for m in model.metrics}
+    assert {"central_accuracy", "central_loss", "evaluate_accuracy"} <= set(linked), linked
+    assert {m.step for m in model.metrics} == {ROUNDS}, model.metrics
+    for key, metric in linked.items():
+        assert metric.value == run.data.metrics[key], key
+    assert linked["central_accuracy"].value == pytest.approx(summary["final_metrics"]["accuracy"])
+    # "Logged from" is the user's repository and commit, not FLOps' model_logger.py.
+    head = run_git(example_run.repo, "rev-parse", "HEAD")
+    for tags in (model.tags, run.data.tags):
+        assert tags["mlflow.source.name"] == example_run.repo.as_uri(), tags
+        assert tags["mlflow.source.git.commit"] == head, tags
+    requirements = Path(mlflow.artifacts.download_artifacts(
+        f"{model.model_uri}/requirements.txt", tracking_uri=summary["tracking_uri"],
+        dst_path=str(example_run.workdir / "downloaded-requirements"),
+    )).read_text().split()
+    assert f"torch=={version('torch').split('+')[0]}" in requirements, requirements
+    assert f"numpy=={version('numpy')}" in requirements, requirements
+    assert any(r.startswith("scikit-learn==") for r in requirements), requirements
+
+
+def test_logs_are_clean_artifacts(example_run: SubmittedRun) -> None:
+    summary = example_run.summary
+    local = Path(mlflow.artifacts.download_artifacts(
+        run_id=summary["mlflow_run_id"], artifact_path="logs", tracking_uri=summary["tracking_uri"],
+        dst_path=str(example_run.workdir / "downloaded-logs"),
+    ))
+    superlink = (local / "superlink.log").read_text()
+    assert "\x1b[" not in superlink and "ControlServicer.ListRuns" not in superlink
+    assert "polling lines" in superlink.splitlines()[-1]
 
 
 def test_generated_app_and_config_are_logged_as_artifacts(example_run: SubmittedRun) -> None:
