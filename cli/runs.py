@@ -1,7 +1,8 @@
-"""`flops submit`, `status`, `list`, `logs`, `stop` and `ui`: running and watching federated runs."""
+"""`flops submit`, `resume`, `status`, `list`, `logs`, `stop` and `ui`: running and watching federated runs."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from flops.config import load_config
 from flops.errors import BadInputError, ConfigError, FlopsError
 from flops.orchestrators import NEEDS_IMAGE, ORCHESTRATORS
 from flops.plan import RunPlan
-from flops.runstate import RunState, latest_run_id, list_states, load_state
+from flops.runstate import TERMINAL, RunState, controller_alive, latest_run_id, list_states, load_state, observed_state
 
 # flops.execution pulls in MLflow (seconds of imports): loaded by the commands that run or stop runs only.
 
@@ -69,7 +70,7 @@ def _report(state: RunState, as_json: bool) -> None:
 @click.option("--tracking-uri", help="MLflow tracking URI (default: SQLite store in the work dir).")
 @workdir_option
 @json_option
-@click.option("--detach", is_flag=True, help="Return once the run is prepared; follow it with `flops status`.")
+@click.option("--detach", is_flag=True, help="Return once the run is prepared; follow it with `flops status --wait`.")
 @reports_errors
 def submit_command(source: str, ref: str | None, config_file: Path | None, rounds: int | None,
                    learners: int | None, epochs: int | None, batch_size: int | None, lr: float | None,
@@ -79,8 +80,11 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
                    base_image: str | None, pip_find_links: tuple[str, ...], platform_constraints: tuple[str, ...],
                    tls_verify: bool, tracking_uri: str | None, workdir: Path,
                    as_json: bool, detach: bool) -> None:
-    """Fetch SOURCE (git URL or path), check it, and run it as a federation tracked in MLflow."""
-    from flops.execution import execute_run
+    """Fetch SOURCE (git URL or path), check it, and run it as a federation tracked in MLflow.
+
+    The run's controller always runs detached from this shell: killing this command does not stop
+    training; Ctrl-C stops the run.
+    """
     from flops.preparation import prepare_run
     from flops.tracking import default_tracking_uri
 
@@ -117,9 +121,37 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
         else:
             click.echo(f"run {plan.run_id} started; follow it with: flops status {plan.run_id}")
         return
-    state = execute_run(plan, progress)
+    state = _follow(workdir, plan.run_id, progress, stop_on_interrupt=True)
     _report(state, as_json)
     sys.exit(EXIT_CODES[state.status])
+
+
+def _follow(workdir: Path, run_id: str, progress: object, stop_on_interrupt: bool) -> RunState:
+    """Watch a run's record until it ends and its controller has closed everything; Ctrl-C stops the run."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if stop_on_interrupt else None
+    shown_round, shown_phase = -1, ""
+    try:
+        while True:
+            state = observed_state(workdir, run_id)
+            if state.phase != shown_phase:
+                shown_phase = state.phase
+                progress.phase(state)
+            if state.rounds_completed != shown_round:
+                if shown_round >= 0 and state.rounds_completed:
+                    progress.round(state)
+                shown_round = state.rounds_completed
+            if state.status in TERMINAL and not controller_alive(state):
+                return state
+            time.sleep(0.3)
+    except KeyboardInterrupt:
+        if not stop_on_interrupt:
+            raise
+        from flops.execution import stop_run
+
+        return stop_run(workdir, run_id)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _build_run_image(plan: RunPlan, registry: str, base_image: str | None, pip_find_links: list[str],
@@ -142,10 +174,12 @@ def _build_run_image(plan: RunPlan, registry: str, base_image: str | None, pip_f
     return result.image
 
 
-def _start_detached(plan: RunPlan) -> None:
+def _start_detached(plan: RunPlan, resume: bool = False) -> None:
     """Run the controller in its own session; it survives this shell and writes state.json as it goes."""
+    plan.logs_dir.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "cli.main", "_execute", str(plan.run_dir), *(["--resume"] if resume else [])]
     with open(plan.logs_dir / "controller.log", "ab") as log:
-        controller = subprocess.Popen([sys.executable, "-m", "cli.main", "_execute", str(plan.run_dir)],
+        controller = subprocess.Popen(argv,
                                       stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
     # Recorded at once, so a `flops stop` right after this finds the controller to signal.
     load_state(plan.run_dir.parent.parent, plan.run_id).update(controller_pid=controller.pid)
@@ -153,23 +187,45 @@ def _start_detached(plan: RunPlan) -> None:
 
 @click.command("_execute", hidden=True)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--resume", is_flag=True)
 @reports_errors
-def execute_command(run_dir: Path) -> None:
-    """Internal: the controller of a detached run."""
+def execute_command(run_dir: Path, resume: bool) -> None:
+    """Internal: the controller of a run, detached from the shell that started it."""
     from flops.execution import execute_run
 
-    state = execute_run(RunPlan.load(run_dir), make_progress(quiet=True))
+    state = execute_run(RunPlan.load(run_dir), make_progress(quiet=True), resume=resume)
+    sys.exit(EXIT_CODES[state.status])
+
+
+@click.command("resume")
+@click.argument("run_id")
+@workdir_option
+@json_option
+@reports_errors
+def resume_command(run_id: str, workdir: Path, as_json: bool) -> None:
+    """Continue a run whose SuperLink, controller or host died, from its last checkpoint (same MLflow run)."""
+    from flops.execution import prepare_resume
+
+    workdir = workdir.resolve()
+    plan = prepare_resume(workdir, run_id)
+    _start_detached(plan, resume=True)
+    state = _follow(workdir, run_id, make_progress(), stop_on_interrupt=True)
+    _report(state, as_json)
     sys.exit(EXIT_CODES[state.status])
 
 
 @click.command("status")
 @click.argument("run_id", required=False)
+@click.option("--wait", is_flag=True, help="Follow the run (rounds as they complete) until it ends; exit code as submit.")
 @workdir_option
 @json_option
 @reports_errors
-def status_command(run_id: str | None, workdir: Path, as_json: bool) -> None:
+def status_command(run_id: str | None, wait: bool, workdir: Path, as_json: bool) -> None:
     """Show a run's status, phase, round and latest metrics (default: the latest run)."""
-    state = load_state(workdir, run_id or latest_run_id(workdir))
+    run_id = run_id or latest_run_id(workdir)
+    state = observed_state(workdir, run_id)
+    if wait:
+        state = _follow(workdir, run_id, make_progress(), stop_on_interrupt=False)
     if as_json:
         echo_json({**state.summary(), "phase": state.phase, "rounds": state.rounds})
         return
@@ -178,6 +234,8 @@ def status_command(run_id: str | None, workdir: Path, as_json: bool) -> None:
         click.echo(f"  {key}: {value:.6g}")
     if state.message:
         click.echo(f"  {state.message}")
+    if wait:
+        sys.exit(EXIT_CODES.get(state.status, 0))
 
 
 @click.command("list")
@@ -186,7 +244,7 @@ def status_command(run_id: str | None, workdir: Path, as_json: bool) -> None:
 @reports_errors
 def list_command(workdir: Path, as_json: bool) -> None:
     """List runs in the work dir, newest last."""
-    states = sorted(list_states(workdir), key=lambda s: s.started_at)
+    states = sorted((observed_state(workdir, s.run_id) for s in list_states(workdir)), key=lambda s: s.started_at)
     if as_json:
         echo_json({"runs": [s.summary() for s in states]})
         return
@@ -214,7 +272,7 @@ def logs_command(run_id: str, component: str, follow: bool, workdir: Path) -> No
             chunk = fh.read()
             if chunk:
                 click.echo(chunk, nl=False)
-            if not follow or load_state(workdir, run_id).status in EXIT_CODES:
+            if not follow or observed_state(workdir, run_id).status in EXIT_CODES:
                 break
             time.sleep(0.5)
 
