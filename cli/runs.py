@@ -121,6 +121,7 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
         else:
             click.echo(f"run {plan.run_id} started; follow it with: flops status {plan.run_id}")
         return
+    _start_detached(plan)
     state = _follow(workdir, plan.run_id, progress, stop_on_interrupt=True)
     _report(state, as_json)
     sys.exit(EXIT_CODES[state.status])

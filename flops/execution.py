@@ -134,13 +134,14 @@ def _train(plan: RunPlan, state: RunState, orchestrator: Any, deployment: Any, t
             raise RunFailedError(f"run {plan.run_id} has no checkpoint to resume from ({checkpoint})")
         overrides["flops-resume-from"] = str(checkpoint)
         # Rounds the earlier aggregator reported but its controller never tracked; then only new events.
-        _follow_events(plan, state, tracker, progress, tail.read(), {str(c.index): c.name for c in plan.clusters})
+        earlier_rounds = [e for e in tail.read() if e["event"] == "round"]
+        _follow_events(plan, state, tracker, progress, earlier_rounds, {str(c.index): c.name for c in plan.clusters})
     try:
         progress.phase(state.update(phase="starting run"))
         flower_run_id = control.start_run(plan.app_dir, overrides)
         state.update(flower_run_id=flower_run_id, phase="training")
         progress.phase(state)
-        _monitor(plan, state, orchestrator, deployment, control, tracker, progress, tail)
+        _monitor(plan, state, orchestrator, deployment, control, tracker, progress, tail, resume)
     finally:
         control.close()
 
@@ -165,9 +166,11 @@ def _follow_events(plan: RunPlan, state: RunState, tracker: Tracker, progress: P
 
 
 def _monitor(plan: RunPlan, state: RunState, orchestrator: Any, deployment: Any, control: FlowerControl,
-             tracker: Tracker, progress: Progress, tail: EventTail) -> None:
+             tracker: Tracker, progress: Progress, tail: EventTail, resume: bool) -> None:
     cfg = plan.config
     cluster_events = ClusterEvents(plan)
+    if resume:
+        cluster_events.read()  # local rounds of the earlier attempt: tracked then, or lost with it; never twice
     cluster_names = {str(c.index): c.name for c in plan.clusters}
     # The aggregator closes each round at its deadline itself (train, then evaluate): this only catches a hang.
     watchdog_s = 2 * cfg.round_timeout_s + cfg.startup_timeout_s
