@@ -71,7 +71,7 @@ def test_a_killed_learner_is_restarted_and_a_killed_submit_does_not_stop_the_run
     repo = _faulty_repo(tmp_path, {})
     workdir = tmp_path / "work"
     submit = subprocess.Popen(
-        [str(FLOPS), "submit", repo.as_uri(), "--learners", "3", "--rounds", "5", "--round-timeout", "45",
+        [str(FLOPS), "submit", repo.as_uri(), "--learners", "3", "--rounds", "4", "--round-timeout", "150",
          "--lr", "0.1", "--workdir", str(workdir), "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=flops_env(), stdin=subprocess.DEVNULL,
         start_new_session=True,
@@ -91,10 +91,10 @@ def test_a_killed_learner_is_restarted_and_a_killed_submit_does_not_stop_the_run
     assert waited.returncode == 0, waited.output
     summary = waited.last_json()
     assert summary["status"] == "FINISHED", summary
-    assert summary["rounds_completed"] == 5 and summary["model_uri"], summary
+    assert summary["rounds_completed"] == 4 and summary["model_uri"], summary
     assert summary["restarts"].get("learner-1", 0) >= 1, summary
     rounds = _rounds(workdir, run_id)
-    assert [e["round"] for e in rounds] == [1, 2, 3, 4, 5]
+    assert [e["round"] for e in rounds] == [1, 2, 3, 4]
     missing_in = [e["round"] for e in rounds if "learner-1" in e["missing"]]
     assert 1 <= len(missing_in) <= 2, [(e["round"], e["missing"]) for e in rounds]
     assert "learner-1" in rounds[-1]["accepted"], rounds[-1]  # restarted, and back in the federation
@@ -104,7 +104,7 @@ def test_a_killed_learner_is_restarted_and_a_killed_submit_does_not_stop_the_run
     client = MlflowClient(tracking_uri=summary["tracking_uri"])
     run = client.get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED"
-    assert _metric_steps(client, summary["mlflow_run_id"], "central_accuracy") == [1, 2, 3, 4, 5]
+    assert _metric_steps(client, summary["mlflow_run_id"], "central_accuracy") == [1, 2, 3, 4]
     assert client.get_run(summary["mlflow_run_id"]).data.tags["flops.model_uri"] == summary["model_uri"]
     assert_no_process_left(run_id)
 
@@ -112,7 +112,7 @@ def test_a_killed_learner_is_restarted_and_a_killed_submit_does_not_stop_the_run
 def _submit_poisoned(tmp_path: Path, strategy: str, params: str, faults: dict[int, str]) -> dict:
     repo = _faulty_repo(tmp_path / strategy, faults)
     config = tmp_path / f"{strategy}.yaml"
-    config.write_text(f"rounds: 3\nlearners: 5\nround_timeout_s: 30\nstrategy: {{name: {strategy}, params: {params}}}\n"
+    config.write_text(f"rounds: 3\nlearners: 5\nround_timeout_s: 120\nstrategy: {{name: {strategy}, params: {params}}}\n"
                       "training: {local_epochs: 1, batch_size: 16, learning_rate: 0.1}\n")
     workdir = tmp_path / strategy / "work"
     result = run_flops("submit", repo.as_uri(), "--config", str(config), "--workdir", str(workdir), "--json",
@@ -128,7 +128,7 @@ def test_poisoned_updates_are_rejected_or_outvoted_and_a_straggler_is_left_behin
     """Learner 3 sends NaN weights, learner 4 large noise; learner 2 sleeps past round 2's deadline.
     trimmed-mean keeps accuracy; plain FedAvg with the same faults is wrecked by the noise."""
     faults = {3: "nan", 4: "noise"}
-    robust = _submit_poisoned(tmp_path, "trimmed-mean", "{beta: 0.4}", {**faults, 2: "sleep:2:75"})
+    robust = _submit_poisoned(tmp_path, "trimmed-mean", "{beta: 0.4}", {**faults, 2: "sleep:2:200"})
     plain = _submit_poisoned(tmp_path, "fedavg", "{}", faults)
     for run in (robust, plain):
         for event in run["rounds"]:
@@ -142,7 +142,7 @@ def test_poisoned_updates_are_rejected_or_outvoted_and_a_straggler_is_left_behin
     # The straggler: round 2 closed at its deadline with the others' updates, learner-2 named as missing.
     round_2 = robust["rounds"][1]
     assert round_2["missing"] == ["learner-2"] and "learner-2" not in round_2["accepted"], round_2
-    assert round_2["duration_s"] >= 30, round_2
+    assert round_2["duration_s"] >= 120, round_2
     assert len(round_2["accepted"]) == 3  # learners 0, 1 and the noisy 4: above the quorum of 3
     robust_accuracy = robust["summary"]["final_metrics"]["accuracy"]
     plain_accuracy = plain["summary"]["final_metrics"]["accuracy"]
@@ -154,7 +154,7 @@ def test_a_killed_superlink_fails_the_run_resumably_and_resume_continues_the_sam
     repo = _faulty_repo(tmp_path, {})
     workdir = tmp_path / "work"
     submit = subprocess.Popen(
-        [str(FLOPS), "submit", repo.as_uri(), "--learners", "2", "--rounds", "4", "--round-timeout", "60",
+        [str(FLOPS), "submit", repo.as_uri(), "--learners", "2", "--rounds", "4", "--round-timeout", "150",
          "--lr", "0.1", "--workdir", str(workdir), "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=flops_env(), stdin=subprocess.DEVNULL,
         start_new_session=True,

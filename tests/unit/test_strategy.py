@@ -197,3 +197,11 @@ def test_fedadam_moments_survive_a_checkpoint_round_trip(tmp_path: Path) -> None
 def test_an_unknown_strategy_lists_the_known_ones() -> None:
     with pytest.raises(ValueError, match="fedavg, fedmedian, fedprox, krum, trimmed-mean"):
         _strategy("fedsgd")
+
+
+def test_evaluation_skips_nodes_that_missed_the_training_deadline() -> None:
+    strategy = _strategy(fraction_evaluate=1.0)
+    sent = _sent(strategy)
+    strategy.aggregate_train(1, [_reply(sent[0], 0, _model(1.0)), _reply(sent[1], 1, _model(1.0))])
+    evaluate = list(strategy.configure_evaluate(1, ArrayRecord(GLOBAL), ConfigRecord(), ThreeNodeGrid()))
+    assert sorted(m.metadata.dst_node_id for m in evaluate) == sorted(s.metadata.dst_node_id for s in sent[:2])

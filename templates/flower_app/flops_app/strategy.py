@@ -64,6 +64,7 @@ class FlopsAccounting:
         self._node_names: dict[int, str] = {}
         self._sent: dict[str, list[int]] = {}
         self._first_round = True
+        self._train_answered: set[int] | None = None  # nodes that replied to this round's train messages
 
     def _stats(self, server_round: int) -> dict:
         return self.round_stats.setdefault(server_round, {"bytes_to_root": 0, "bytes_from_root": 0})
@@ -88,6 +89,10 @@ class FlopsAccounting:
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]
+        if self._train_answered is not None:
+            # A node that missed this round's training deadline (dead, cut off, straggling) would only
+            # make evaluation wait for the deadline a second time.
+            messages = [m for m in messages if m.metadata.dst_node_id in self._train_answered]
         self._sent["evaluate"] = [m.metadata.dst_node_id for m in messages]
         # Evaluate messages carry the global model too: every byte on the link counts.
         self._stats(server_round)["bytes_from_root"] += len(messages) * payload_bytes([arrays.to_numpy_ndarrays()])
@@ -132,6 +137,7 @@ class FlopsAccounting:
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         stats = self._stats(server_round)
+        self._train_answered = {m.metadata.src_node_id for m in replies if not m.has_error()}
         self._check_code_failures(replies, stats, "train")
         answered = [m for m in replies if not m.has_error()]
         stats["bytes_to_root"] += sum(payload_bytes([m.content["arrays"].to_numpy_ndarrays()])
