@@ -156,13 +156,12 @@ def observed_state(workdir: Path, run_id: str) -> RunState:
     state = load_state(workdir, run_id)  # it may have ended between the two reads
     if state.status in TERMINAL:
         return state
-    from flops.orchestrators import get_orchestrator  # the orchestrators need the plan; the plan needs no state
-    from flops.plan import RunPlan
+    if state.deployment is not None:  # whatever the dead controller left running goes with it
+        from flops.orchestrators import get_orchestrator  # the orchestrators need the plan; the plan needs no state
+        from flops.plan import RunPlan
 
-    plan = RunPlan.load(state.run_dir)
-    if state.deployment is not None:
-        get_orchestrator(state.deployment.orchestrator, plan.image).stop(state.deployment)
-    resumable = (plan.output_dir / "checkpoint.npz").exists()
+        get_orchestrator(state.deployment.orchestrator, RunPlan.load(state.run_dir).image).stop(state.deployment)
+    resumable = (state.run_dir / "output" / "checkpoint.npz").exists()
     hint = f"; continue it with `flops resume {run_id}`" if resumable else ""
     return state.update(status="FAILED", phase="done", ended_at=time.time(), resumable=resumable,
                         message=f"the controller (pid {state.controller_pid}) died during '{state.phase}'{hint}")
