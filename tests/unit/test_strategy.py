@@ -205,3 +205,19 @@ def test_evaluation_skips_nodes_that_missed_the_training_deadline() -> None:
     strategy.aggregate_train(1, [_reply(sent[0], 0, _model(1.0)), _reply(sent[1], 1, _model(1.0))])
     evaluate = list(strategy.configure_evaluate(1, ArrayRecord(GLOBAL), ConfigRecord(), ThreeNodeGrid()))
     assert sorted(m.metadata.dst_node_id for m in evaluate) == sorted(s.metadata.dst_node_id for s in sent[:2])
+
+
+def test_fedprox_adds_its_proximal_gradient_to_any_optimizer_the_user_builds() -> None:
+    import torch
+
+    from flops_app.client_app import _add_proximal_term
+
+    net = torch.nn.Linear(2, 1)
+    start = [p.detach().clone() for p in net.parameters()]
+    _add_proximal_term(net, 0.5)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(2.0)  # as if local training had moved the weights
+    (net.weight.sum() * 0.0).backward()  # a loss with no gradient of its own
+    torch.testing.assert_close(net.weight.grad, 0.5 * (net.weight.detach() - start[0]))
+    assert torch.allclose(net.weight.grad, torch.full_like(net.weight, 1.0))
