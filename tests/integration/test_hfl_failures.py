@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -84,11 +83,13 @@ def test_a_killed_cluster_aggregator_is_restarted_and_the_run_finishes(exact_rep
         wait_for(lambda: (Path(state["run_dir"]) / "output" / "cluster-0" / "round-1").is_dir(), 300,
                  "cluster-0 to start its first global round")
         os.killpg(component["pid"], signal.SIGKILL)
-        stdout, stderr = proc.communicate(timeout=900)
+        stdout, stderr = proc.communicate(timeout=1800)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        for left in run_ids(workdir) if (workdir / "runs").is_dir() else []:  # the controller is detached
+            run_flops("stop", left, "--workdir", str(workdir), timeout_s=120)
     output = stdout + stderr
     assert proc.returncode == 0, output
     assert "Traceback" not in output, output

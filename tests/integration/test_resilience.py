@@ -57,6 +57,12 @@ def _the_run_once(workdir: Path, predicate) -> dict:  # noqa: ANN001
     return ready
 
 
+def _stop_every_run(workdir: Path) -> None:
+    """The controller is detached from `flops submit`: a failing test must stop the run itself."""
+    for run_id in run_ids(workdir) if (workdir / "runs").is_dir() else []:
+        run_flops("stop", run_id, "--workdir", str(workdir), timeout_s=120)
+
+
 def _component_pid(state: dict, name: str) -> int:
     return next(c["pid"] for c in state["deployment"]["components"] if c["name"] == name)
 
@@ -77,17 +83,18 @@ def test_a_killed_learner_is_restarted_and_a_killed_submit_does_not_stop_the_run
         start_new_session=True,
     )
     try:
-        state = wait_for(_the_run_once(workdir, lambda s: s["rounds_completed"] >= 1), 400, "round 1 to complete")
+        state = wait_for(_the_run_once(workdir, lambda s: s["rounds_completed"] >= 1), 1200, "round 1 to complete")
         run_id = state["run_id"]
         os.killpg(_component_pid(state, "learner-1"), signal.SIGKILL)
         os.killpg(submit.pid, signal.SIGKILL)
         submit.wait()
         # The run goes on without the shell that started it; another shell reattaches.
-        waited = run_flops("status", run_id, "--wait", "--workdir", str(workdir), "--json", timeout_s=900)
+        waited = run_flops("status", run_id, "--wait", "--workdir", str(workdir), "--json", timeout_s=1800)
     finally:
         if submit.poll() is None:
             os.killpg(submit.pid, signal.SIGKILL)
             submit.wait()
+        _stop_every_run(workdir)  # a no-op for a finished run
     assert waited.returncode == 0, waited.output
     summary = waited.last_json()
     assert summary["status"] == "FINISHED", summary
@@ -115,8 +122,11 @@ def _submit_poisoned(tmp_path: Path, strategy: str, params: str, faults: dict[in
     config.write_text(f"rounds: 3\nlearners: 5\nround_timeout_s: 120\nstrategy: {{name: {strategy}, params: {params}}}\n"
                       "training: {local_epochs: 1, batch_size: 16, learning_rate: 0.1}\n")
     workdir = tmp_path / strategy / "work"
-    result = run_flops("submit", repo.as_uri(), "--config", str(config), "--workdir", str(workdir), "--json",
-                       timeout_s=900)
+    try:
+        result = run_flops("submit", repo.as_uri(), "--config", str(config), "--workdir", str(workdir), "--json",
+                           timeout_s=1800)
+    finally:
+        _stop_every_run(workdir)
     assert result.returncode == 0, result.output
     summary = result.last_json()
     assert summary["status"] == "FINISHED", summary
@@ -160,14 +170,15 @@ def test_a_killed_superlink_fails_the_run_resumably_and_resume_continues_the_sam
         start_new_session=True,
     )
     try:
-        state = wait_for(_the_run_once(workdir, lambda s: s["rounds_completed"] >= 2), 400, "round 2 to complete")
+        state = wait_for(_the_run_once(workdir, lambda s: s["rounds_completed"] >= 2), 1200, "round 2 to complete")
         run_id = state["run_id"]
         os.killpg(_component_pid(state, "superlink"), signal.SIGKILL)
-        stdout, stderr = submit.communicate(timeout=120)
+        stdout, stderr = submit.communicate(timeout=300)
     finally:
         if submit.poll() is None:
             os.killpg(submit.pid, signal.SIGKILL)
             submit.wait()
+        _stop_every_run(workdir)
     assert submit.returncode == 1, stdout + stderr
     failed = json.loads(stdout.strip().splitlines()[-1])
     assert failed["status"] == "FAILED" and failed["resumable"], failed
@@ -177,7 +188,10 @@ def test_a_killed_superlink_fails_the_run_resumably_and_resume_continues_the_sam
     assert done_before >= 2
     assert_no_process_left(run_id)
 
-    resumed = run_flops("resume", run_id, "--workdir", str(workdir), "--json", timeout_s=900)
+    try:
+        resumed = run_flops("resume", run_id, "--workdir", str(workdir), "--json", timeout_s=1800)
+    finally:
+        _stop_every_run(workdir)
     assert resumed.returncode == 0, resumed.output
     summary = resumed.last_json()
     assert summary["status"] == "FINISHED" and summary["rounds_completed"] == 4 and summary["model_uri"], summary
