@@ -29,7 +29,8 @@ def train(msg: Message, context: Context) -> Message:
 
     node, cfg = context.node_config, context.run_config
     name, index = str(node["cluster-name"]), int(node["cluster-index"])
-    global_round = int(msg.content["config"]["server-round"])
+    config = msg.content["config"]
+    global_round = int(config["server-round"]) + int(config.get("flops-rounds-done", 0))
     work = EventLog(str(Path(str(node["cluster-dir"])) / f"round-{global_round}"))
     work.save_arrays(msg.content["arrays"].to_numpy_ndarrays(), "initial.npz")
     size = int(node["cluster-size"])

@@ -56,8 +56,9 @@ def _strategy(cfg: dict):  # noqa: ANN202 - a Flower strategy class made at run 
     )
 
 
-def _train_config(cfg: dict) -> ConfigRecord:
-    return ConfigRecord({"local-epochs": int(cfg["local-epochs"])})
+def _train_config(cfg: dict, rounds_done: int = 0) -> ConfigRecord:
+    # A resumed run's strategy counts rounds from 1 again: cluster aggregators need the global round.
+    return ConfigRecord({"local-epochs": int(cfg["local-epochs"]), "flops-rounds-done": rounds_done})
 
 
 class LinkCosts:
@@ -133,7 +134,7 @@ def _root_federation(grid: Grid, cfg: dict, events: EventLog) -> None:
     try:
         result = strategy.start(
             grid=grid, initial_arrays=latest[0], num_rounds=num_rounds - done, timeout=float(cfg["round-timeout-s"]),
-            train_config=_train_config(cfg), evaluate_fn=central_evaluate,
+            train_config=_train_config(cfg, done), evaluate_fn=central_evaluate,
         )
         final = result.arrays if result.arrays is not None else latest[0]
     except StopFederation as stop:
