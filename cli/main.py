@@ -14,9 +14,9 @@ def cli() -> None:
 
 
 # --- sub-commands: one line per command module ---
-from cli.runs import list_command, logs_command, status_command, stop_command, submit_command, ui_command  # noqa: E402
+from cli.runs import list_command, logs_command, resume_command, status_command, stop_command, submit_command, ui_command  # noqa: E402
 from cli.source import augment_command, schema_command, validate_command  # noqa: E402
-for _command in (submit_command, status_command, list_command, logs_command, stop_command, ui_command, validate_command, augment_command, schema_command):
+for _command in (submit_command, resume_command, status_command, list_command, logs_command, stop_command, ui_command, validate_command, augment_command, schema_command):
     cli.add_command(_command)
 from cli.inference import bundle_command, package_command, serve_command; cli.add_command(bundle_command); cli.add_command(serve_command); cli.add_command(package_command)  # noqa: E402,E702
 from cli.build import build_command; cli.add_command(build_command)  # noqa: E402,E702

@@ -14,12 +14,16 @@ from image_builder import ProgressEvent
 def _round_line(state: RunState) -> str:
     m = state.latest_metrics
     parts = [f"round {state.rounds_completed}/{state.rounds}"]
-    if "central_accuracy" in m:
+    if m.get("central_accuracy") is not None:
         parts.append(f"accuracy {m['central_accuracy']:.4f}")
-    if "central_loss" in m:
+    if m.get("central_loss") is not None:
         parts.append(f"loss {m['central_loss']:.4f}")
-    if "round_duration_s" in m:
+    if m.get("round_duration_s") is not None:
         parts.append(f"{m['round_duration_s']:.1f}s")
+    if state.last_round_missing:
+        parts.append(f"missing: {', '.join(state.last_round_missing)}")
+    if state.last_round_rejected:
+        parts.append("rejected: " + ", ".join(f"{k} ({v})" for k, v in state.last_round_rejected.items()))
     return "  ".join(parts)
 
 

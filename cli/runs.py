@@ -1,9 +1,8 @@
-"""`flops submit`, `status`, `list`, `logs`, `stop` and `ui`: running and watching federated runs."""
+"""`flops submit`, `resume`, `status`, `list`, `logs`, `stop` and `ui`: running and watching federated runs."""
 
 from __future__ import annotations
 
 import functools
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,11 +14,11 @@ from cli.options import echo_json, json_option, workdir_option
 from cli.progress import ProgressPrinter, make_progress
 from flops.app_image import ImageOptions, build_run_image
 from flops.config import load_config
-from flops.controller import EXIT_CODES, start_detached
+from flops.controller import EXIT_CODES, follow_run, start_detached
 from flops.errors import BadInputError, ConfigError
 from flops.orchestrators import NEEDS_IMAGE, ORCHESTRATORS
 from flops.plan import RunPlan
-from flops.runstate import RunState, latest_run_id, list_states, load_state
+from flops.runstate import RunState, latest_run_id, list_states, load_state, observed_state
 
 # flops.execution pulls in MLflow (seconds of imports): loaded by the commands that run or stop runs only.
 
@@ -74,7 +73,7 @@ def _report(state: RunState, as_json: bool) -> None:
 @click.option("--tracking-uri", help="MLflow tracking URI (default: SQLite store in the work dir).")
 @workdir_option
 @json_option
-@click.option("--detach", is_flag=True, help="Return once the run is prepared; follow it with `flops status`.")
+@click.option("--detach", is_flag=True, help="Return once the run is prepared; follow it with `flops status --wait`.")
 @reports_errors
 def submit_command(source: str, ref: str | None, config_file: Path | None, rounds: int | None,
                    learners: int | None, epochs: int | None, batch_size: int | None, lr: float | None,
@@ -84,8 +83,11 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
                    base_image: str | None, pip_find_links: tuple[str, ...], platform_constraints: tuple[str, ...],
                    tls_verify: bool, tracking_uri: str | None, workdir: Path,
                    as_json: bool, detach: bool) -> None:
-    """Fetch SOURCE (git URL or path), check it, and run it as a federation tracked in MLflow."""
-    from flops.execution import execute_run
+    """Fetch SOURCE (git URL or path), check it, and run it as a federation tracked in MLflow.
+
+    The run's controller always runs detached from this shell: killing this command does not stop
+    training; Ctrl-C stops the run.
+    """
     from flops.preparation import prepare_run
     from flops.tracking import default_tracking_uri
 
@@ -121,7 +123,8 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
         else:
             click.echo(f"run {plan.run_id} started; follow it with: flops status {plan.run_id}")
         return
-    state = execute_run(plan, progress)
+    start_detached(plan)  # the run is not this shell: killing it does not stop training
+    state = follow_run(workdir, plan.run_id, progress, stop_on_interrupt=True)
     _report(state, as_json)
     sys.exit(EXIT_CODES[state.status])
 
@@ -132,14 +135,35 @@ def _run_image(plan: RunPlan, options: ImageOptions) -> str:
     return result.image
 
 
-@click.command("status")
-@click.argument("run_id", required=False)
+@click.command("resume")
+@click.argument("run_id")
 @workdir_option
 @json_option
 @reports_errors
-def status_command(run_id: str | None, workdir: Path, as_json: bool) -> None:
+def resume_command(run_id: str, workdir: Path, as_json: bool) -> None:
+    """Continue a run whose SuperLink, controller or host died, from its last checkpoint (same MLflow run)."""
+    from flops.execution import prepare_resume
+
+    workdir = workdir.resolve()
+    plan = prepare_resume(workdir, run_id)
+    start_detached(plan, resume=True)
+    state = follow_run(workdir, run_id, make_progress(), stop_on_interrupt=True)
+    _report(state, as_json)
+    sys.exit(EXIT_CODES[state.status])
+
+
+@click.command("status")
+@click.argument("run_id", required=False)
+@click.option("--wait", is_flag=True, help="Follow the run (rounds as they complete) until it ends; exit code as submit.")
+@workdir_option
+@json_option
+@reports_errors
+def status_command(run_id: str | None, wait: bool, workdir: Path, as_json: bool) -> None:
     """Show a run's status, phase, round and latest metrics (default: the latest run)."""
-    state = load_state(workdir, run_id or latest_run_id(workdir))
+    run_id = run_id or latest_run_id(workdir)
+    state = observed_state(workdir, run_id)
+    if wait:
+        state = follow_run(workdir, run_id, make_progress(), stop_on_interrupt=False)
     if as_json:
         echo_json({**state.summary(), "phase": state.phase, "rounds": state.rounds})
         return
@@ -150,6 +174,8 @@ def status_command(run_id: str | None, workdir: Path, as_json: bool) -> None:
         click.echo(f"  {NO_ACCURACY}")
     if state.message:
         click.echo(f"  {state.message}")
+    if wait:
+        sys.exit(EXIT_CODES.get(state.status, 0))
 
 
 @click.command("list")
@@ -158,7 +184,7 @@ def status_command(run_id: str | None, workdir: Path, as_json: bool) -> None:
 @reports_errors
 def list_command(workdir: Path, as_json: bool) -> None:
     """List runs in the work dir, newest last."""
-    states = sorted(list_states(workdir), key=lambda s: s.started_at)
+    states = sorted((observed_state(workdir, s.run_id) for s in list_states(workdir)), key=lambda s: s.started_at)
     if as_json:
         echo_json({"runs": [s.summary() for s in states]})
         return
@@ -186,7 +212,7 @@ def logs_command(run_id: str, component: str, follow: bool, workdir: Path) -> No
             chunk = fh.read()
             if chunk:
                 click.echo(chunk, nl=False)
-            if not follow or load_state(workdir, run_id).status in EXIT_CODES:
+            if not follow or observed_state(workdir, run_id).status in EXIT_CODES:
                 break
             time.sleep(0.5)
 

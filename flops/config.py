@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,17 +19,39 @@ MAX_ROUNDS = 100_000
 MAX_LEARNERS = 10_000
 
 
+# Each strategy's own parameters (keyword arguments of its class in flwr.serverapp.strategy).
+STRATEGY_PARAMS: dict[str, frozenset[str]] = {
+    "fedavg": frozenset(),
+    "fedprox": frozenset({"proximal_mu"}),
+    "fedmedian": frozenset(),
+    "trimmed-mean": frozenset({"beta"}),
+    "krum": frozenset({"num_malicious_nodes"}),
+    "fedadam": frozenset({"eta", "eta_l", "beta_1", "beta_2", "tau"}),
+}
+
+
 class StrategyConfig(BaseModel):
     """Server-side strategy, named as in Flower's tutorials."""
 
     model_config = _STRICT
 
-    name: Literal["fedavg"] = "fedavg"
+    name: Literal["fedavg", "fedprox", "fedmedian", "trimmed-mean", "krum", "fedadam"] = Field(
+        "fedavg", description="Aggregation: fedavg, fedprox, fedmedian, trimmed-mean, krum (robust to poisoned updates) or fedadam.")
+    params: dict[str, float] = Field({}, description="The strategy's own parameters, e.g. {beta: 0.2} for trimmed-mean.")
+    min_fit_fraction: float = Field(0.5, gt=0.0, le=1.0, description="Quorum: fraction of learners (at least 1) whose accepted updates close a round.")
     fraction_train: float = Field(1.0, gt=0.0, le=1.0, description="Fraction of learners sampled for training each round.")
     fraction_evaluate: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of learners sampled for evaluation.")
-    min_train_nodes: StrictInt | None = Field(None, ge=1, le=MAX_LEARNERS, description="Minimum learners per training round (default: all).")
-    min_evaluate_nodes: StrictInt | None = Field(None, ge=0, le=MAX_LEARNERS, description="Minimum learners per evaluation round (default: all).")
-    min_available_nodes: StrictInt | None = Field(None, ge=1, le=MAX_LEARNERS, description="Learners that must be connected before a round starts (default: all).")
+    min_train_nodes: StrictInt | None = Field(None, ge=1, le=MAX_LEARNERS, description="Minimum learners per training round (default: the quorum).")
+    min_evaluate_nodes: StrictInt | None = Field(None, ge=0, le=MAX_LEARNERS, description="Minimum learners per evaluation round (default: the quorum).")
+    min_available_nodes: StrictInt | None = Field(None, ge=1, le=MAX_LEARNERS, description="Learners that must be connected before a round starts (default: the quorum).")
+
+    @model_validator(mode="after")
+    def _params_known(self) -> StrategyConfig:
+        for key in self.params:
+            if key not in STRATEGY_PARAMS[self.name]:
+                known = ", ".join(sorted(STRATEGY_PARAMS[self.name])) or "none"
+                raise ValueError(f"strategy.params.{key}: not a parameter of {self.name} (known: {known})")
+        return self
 
 
 class TrainingConfig(BaseModel):
@@ -56,7 +79,8 @@ class RunConfig(BaseModel):
     assignment: str = Field("balanced", description="How learners are assigned to clusters: manual, balanced, min-comm-cost, label-balance.")
     target_accuracy: float | None = Field(None, gt=0, le=1, description="Stop after the global round whose central accuracy reaches this.")
     comm_budget: float | None = Field(None, gt=0, description="Stop before a global round that would exceed this communication cost (cost units, or MB without link costs).")
-    round_timeout_s: float = Field(600.0, gt=0, description="A round that takes longer fails the run.")
+    round_timeout_s: float = Field(600.0, gt=0, description="Round deadline: the round closes with the replies it has; learners that did not reply are left out.")
+    max_failed_rounds: int = Field(2, ge=1, description="The run fails when this many rounds in a row miss the quorum.")
     startup_timeout_s: float = Field(120.0, gt=0, description="Time allowed for the SuperLink and learners to come up.")
 
     @model_validator(mode="after")
@@ -73,10 +97,15 @@ class RunConfig(BaseModel):
         """Fields set by the user that only a hierarchical run uses (refused on a flat one)."""
         return [name for name in ("local_rounds", "assignment") if name in self.model_fields_set]
 
+    def quorum(self, members: int | None = None) -> int:
+        """Accepted updates a round needs among MEMBERS (default: the learners): min_fit_fraction, at least 1."""
+        members = self.learners if members is None else members
+        return max(1, math.ceil(self.strategy.min_fit_fraction * members - 1e-9))
+
     def min_nodes(self, field: str) -> int:
-        """A strategy minimum, defaulting to every learner (a local run waits for all of them)."""
+        """A strategy minimum, defaulting to the quorum: a lost learner must not stall every round."""
         value = getattr(self.strategy, field)
-        return self.learners if value is None else value
+        return self.quorum() if value is None else value
 
 
 def _first_error_line(exc: ValidationError, origin: str) -> str:

@@ -1,4 +1,4 @@
-"""Executing a prepared run: deploy, follow it round by round, track it, tear it down; and stopping one."""
+"""Executing a prepared run: deploy, follow it round by round, track it, tear it down; stopping and resuming one."""
 
 from __future__ import annotations
 
@@ -9,14 +9,22 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from flops.errors import FlopsError, RunFailedError
+from flops.errors import BadInputError, DeployError, FlopsError, RunFailedError
 from flops.flower_control import FlowerControl
 from flops.flower_run_config import root_overrides
 from flops.orchestrators import get_orchestrator
 from flops.plan import RunPlan
 from flops.preparation import Progress, StopRequested, SilentProgress, raise_stop
-from flops.run_events import ClusterEvents, EventTail, learner_log_hint, record_round
-from flops.runstate import TERMINAL, RunState, load_state
+from flops.run_events import (
+    ClusterEvents,
+    EventTail,
+    checkpoint_path,
+    final_model_is_finite,
+    learner_log_hint,
+    record_round,
+    trackable,
+)
+from flops.runstate import TERMINAL, RunState, load_state, observed_state
 from flops.tracking import Tracker, log_final_model
 from flops.tracking_names import run_description
 
@@ -24,16 +32,20 @@ POLL_INTERVAL_S = 0.5  # how often the controller looks at events, processes and
 MLFLOW_STATUS = {"FINISHED": "FINISHED", "FAILED": "FAILED", "STOPPED": "KILLED"}
 
 
-def execute_run(plan: RunPlan, progress: Progress | None = None) -> RunState:
-    """Deploy, train, track, and tear down. Always returns the final state; never leaves processes."""
+def execute_run(plan: RunPlan, progress: Progress | None = None, resume: bool = False) -> RunState:
+    """Deploy, train, track, and tear down. Always returns the final state; never leaves processes.
+
+    With RESUME, the run goes on from its last checkpoint in the same MLflow run.
+    """
     progress = progress or SilentProgress()
     previous = {sig: signal.signal(sig, raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     state = load_state(plan.run_dir.parent.parent, plan.run_id)
-    if state.status in TERMINAL:  # stopped between `submit --detach` and this controller starting
+    if state.status in TERMINAL and not resume:  # stopped between `submit --detach` and this controller starting
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         return state
-    state.update(status="RUNNING", phase="deploying", controller_pid=os.getpid())
+    state.update(status="RUNNING", phase="deploying", controller_pid=os.getpid(), message="", ended_at=None,
+                 resumable=False, model_uri=None)
     progress.phase(state)
     orchestrator = get_orchestrator(plan.orchestrator, plan.image)
     # The embedded store keeps artifacts beside it; a tracking server decides where its artifacts go.
@@ -41,12 +53,17 @@ def execute_run(plan: RunPlan, progress: Progress | None = None) -> RunState:
     tracker = Tracker(plan.tracking_uri, plan.run_dir.parent.parent / "mlartifacts" if embedded else None)
     status, message = "FAILED", ""
     try:
-        state.update(mlflow_run_id=tracker.start(plan))
-        tracker.log_topology(plan)
+        if resume and state.mlflow_run_id:
+            _reattach(tracker, state.mlflow_run_id, plan)
+        else:
+            state.update(mlflow_run_id=tracker.start(plan))
+            tracker.log_topology(plan)
         deployment = orchestrator.deploy(plan)
         state.update(deployment=deployment)
-        _train(plan, state, orchestrator, deployment, tracker, progress)
+        _train(plan, state, orchestrator, deployment, tracker, progress, resume)
         progress.phase(state.update(phase="logging model"))
+        if not final_model_is_finite(plan):
+            raise RunFailedError(f"the final model holds non-finite values; it is not registered ({plan.output_dir})")
         logged = log_final_model(plan, tracker)
         state.update(model_uri=logged["model_uri"])
         tracker.set_tag("flops.model_uri", logged["model_uri"])
@@ -62,85 +79,165 @@ def execute_run(plan: RunPlan, progress: Progress | None = None) -> RunState:
         # Teardown must not be interrupted by a second Ctrl-C.
         for sig in previous:
             signal.signal(sig, signal.SIG_IGN)
-        if state.deployment is not None:
-            orchestrator.stop(state.deployment)
-        _close_tracking(tracker, state, status, message)
-        state.update(status=status, message=message, phase="done", ended_at=time.time())
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        try:
+            if state.deployment is not None:
+                orchestrator.stop(state.deployment)
+        finally:
+            try:
+                _close_tracking(tracker, state, status, message)
+            except Exception as exc:  # noqa: BLE001 - the run's outcome stands; say that tracking failed
+                traceback.print_exc()
+                message = (f"{message}; " if message else "") + f"closing the MLflow run failed: {exc}"
+            finally:
+                # Always reached, so a tracking failure never leaves the run record RUNNING.
+                state.update(status=status, message=message, phase="done", ended_at=time.time(),
+                             resumable=status != "FINISHED" and checkpoint_path(plan).exists())
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     progress.phase(state)
     return state
+
+
+def _reattach(tracker: Tracker, mlflow_run_id: str, plan: RunPlan) -> None:
+    """Continue the MLflow run of an earlier attempt (and its clusters' nested runs)."""
+    tracker.mlflow_run_id = mlflow_run_id
+    tracker.plan = plan
+    tracker.client.update_run(mlflow_run_id, status="RUNNING")
+    experiment_id = tracker.client.get_run(mlflow_run_id).info.experiment_id
+    nested = tracker.client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{mlflow_run_id}'")
+    for run in nested:
+        cluster = run.data.tags.get("flops.cluster")
+        if cluster:
+            tracker.cluster_runs[cluster] = run.info.run_id
+            tracker.client.update_run(run.info.run_id, status="RUNNING")
 
 
 def _close_tracking(tracker: Tracker, state: RunState, status: str, message: str) -> None:
     if tracker.mlflow_run_id is None:
         return
-    tracker.log_summary({"bytes_to_root_total": float(state.bytes_to_root),
-                         "rounds_completed": float(state.rounds_completed)}, step=state.rounds_completed)
-    tracker.log_logs(state.run_dir / "logs", state.run_dir / "clean_logs")
-    tracker.log_curves(state.run_dir / "plots")
-    tracker.describe(run_description(tracker.plan, status, message, {m.key: m.value for m in tracker.final_metrics},
-                                     state.rounds_completed, state.bytes_to_root, state.model_uri))
-    tracker.finish(MLFLOW_STATUS[status])
+    try:
+        tracker.log_summary({"bytes_to_root_total": float(state.bytes_to_root),
+                             "rounds_completed": float(state.rounds_completed)}, step=state.rounds_completed)
+        tracker.log_logs(state.run_dir / "logs", state.run_dir / "clean_logs")
+        tracker.log_curves(state.run_dir / "plots")
+        tracker.describe(run_description(tracker.plan, status, message, {m.key: m.value for m in tracker.final_metrics},
+                                         state.rounds_completed, state.bytes_to_root, state.model_uri))
+    finally:
+        tracker.finish(MLFLOW_STATUS[status])
 
 
 
 def _train(plan: RunPlan, state: RunState, orchestrator: Any, deployment: Any, tracker: Tracker,
-           progress: Progress) -> None:
+           progress: Progress, resume: bool) -> None:
     control = FlowerControl(deployment.control_address)
+    overrides = root_overrides(plan)
+    tail = EventTail(plan.events_path)
+    if resume:
+        checkpoint = checkpoint_path(plan)
+        if not checkpoint.exists():
+            raise RunFailedError(f"run {plan.run_id} has no checkpoint to resume from ({checkpoint})")
+        overrides["flops-resume-from"] = str(checkpoint)
+        # Rounds the earlier aggregator reported but its controller never tracked; then only new events.
+        earlier_rounds = [e for e in tail.read() if e["event"] == "round"]
+        _follow_events(plan, state, tracker, progress, earlier_rounds, {str(c.index): c.name for c in plan.clusters})
     try:
         progress.phase(state.update(phase="starting run"))
-        flower_run_id = control.start_run(plan.app_dir, root_overrides(plan))
+        flower_run_id = control.start_run(plan.app_dir, overrides)
         state.update(flower_run_id=flower_run_id, phase="training")
         progress.phase(state)
-        _monitor(plan, state, orchestrator, deployment, control, tracker, progress)
+        _monitor(plan, state, orchestrator, deployment, control, tracker, progress, tail, resume)
     finally:
         control.close()
 
 
-def _monitor(plan: RunPlan, state: RunState, orchestrator: Any, deployment: Any, control: FlowerControl,
-             tracker: Tracker, progress: Progress) -> None:
-    cfg = plan.config
-    tail = EventTail(plan.events_path)
-    cluster_events = ClusterEvents(plan)
-    cluster_names = {str(c.index): c.name for c in plan.clusters}
-    deadline = time.monotonic() + cfg.startup_timeout_s + cfg.round_timeout_s
+def _follow_events(plan: RunPlan, state: RunState, tracker: Tracker, progress: Progress,
+                   events: list[dict[str, Any]], cluster_names: dict[str, str]) -> bool:
+    """Track a batch of root events; True once the `finished` event is among them."""
     finished = False
-    while True:
+    for event in events:
+        if event["event"] == "round" and event["round"] == 0:
+            tracker.log_initial(trackable(event))  # the initial model's central evaluation, before any training
+        elif event["event"] == "round" and event["round"] > state.rounds_completed:  # never logged twice
+            record_round(state, tracker.log_round(trackable(event), cluster_names), event, cluster_names)
+            tracker.log_file(checkpoint_path(plan), "checkpoint")
+            progress.round(state)
+        elif event["event"] == "failed":
+            raise RunFailedError(learner_log_hint(plan, event["message"]))
+        elif event["event"] == "finished":
+            finished = True
+            state.update(stopped_early=event.get("stopped_early", ""))
+    return finished
+
+
+def _monitor(plan: RunPlan, state: RunState, orchestrator: Any, deployment: Any, control: FlowerControl,
+             tracker: Tracker, progress: Progress, tail: EventTail, resume: bool) -> None:
+    cfg = plan.config
+    cluster_events = ClusterEvents(plan)
+    if resume:
+        cluster_events.read()  # local rounds of the earlier attempt: tracked then, or lost with it; never twice
+    cluster_names = {str(c.index): c.name for c in plan.clusters}
+    # The aggregator closes each round at its deadline itself (train, then evaluate): this only catches a hang.
+    watchdog_s = 2 * cfg.round_timeout_s + cfg.startup_timeout_s
+    deadline = time.monotonic() + cfg.startup_timeout_s + watchdog_s
+    finished = False
+
+    def follow() -> None:
+        nonlocal finished, deadline
         for cluster, event in cluster_events.read():
             if event["event"] == "local_round":
-                tracker.log_local_round(cluster, event, cfg.local_rounds)
-        for event in tail.read():
-            if event["event"] == "round" and event["round"] == 0:
-                tracker.log_initial(event)  # the initial model's central evaluation: step 0 of the curves
-            elif event["event"] == "round":
-                record_round(state, tracker.log_round(event, cluster_names), event, cluster_names)
-                progress.round(state)
-                deadline = time.monotonic() + cfg.round_timeout_s
-            elif event["event"] == "failed":
-                raise RunFailedError(learner_log_hint(plan, event["message"]))
-            elif event["event"] == "finished":
-                finished = True
-                state.update(stopped_early=event.get("stopped_early", ""))
+                tracker.log_local_round(cluster, trackable(event), cfg.local_rounds)
+        done_before = state.rounds_completed
+        finished = _follow_events(plan, state, tracker, progress, tail.read(), cluster_names) or finished
+        if state.rounds_completed > done_before:
+            deadline = time.monotonic() + watchdog_s
+
+    while True:
+        follow()
         flower = control.run_status(state.flower_run_id)
         if flower.finished:
+            follow()  # events written before Flower reported the end: a late `finished` or `failed` counts
             if finished and flower.completed:
                 return
-            if not finished:
-                tail_events = tail.read()
-                if any(e["event"] in ("finished", "failed") for e in tail_events):
-                    continue  # let the loop handle the late event
             detail = flower.details or flower.sub_status
             raise RunFailedError(f"Flower run ended {flower.sub_status}: {detail} (log: {plan.logs_dir / 'superlink.log'})")
-        dead = [name for name, alive in orchestrator.status(deployment).items() if not alive]
-        if dead:
-            raise RunFailedError(f"{dead[0]} exited unexpectedly (log: {orchestrator.logs(deployment, dead[0])})")
+        _restart_dead(plan, state, orchestrator, deployment)
         if time.monotonic() > deadline:
             raise RunFailedError(
-                f"round {state.rounds_completed + 1} did not finish within {cfg.round_timeout_s:.0f}s "
-                f"(round_timeout_s; logs: {plan.logs_dir})"
+                f"round {state.rounds_completed + 1} did not finish within {watchdog_s:.0f}s "
+                f"(2 x round_timeout_s + startup_timeout_s; logs: {plan.logs_dir})"
             )
         time.sleep(POLL_INTERVAL_S)
+
+
+def _restart_dead(plan: RunPlan, state: RunState, orchestrator: Any, deployment: Any) -> None:
+    """A dead learner, cluster SuperLink or cluster aggregator is restarted; a dead root SuperLink ends the run."""
+    for name, alive in orchestrator.status(deployment).items():
+        if alive:
+            continue
+        if name == "superlink":
+            raise RunFailedError(
+                f"the root SuperLink died (log: {orchestrator.logs(deployment, name)}); rounds done are kept in "
+                f"checkpoints: continue with `flops resume {plan.run_id}`"
+            )
+        try:
+            restarted = orchestrator.restart(plan, deployment, name)
+        except DeployError as exc:
+            raise RunFailedError(str(exc)) from exc
+        if restarted:
+            state.update(deployment=deployment, restarts={**state.restarts, name: state.restarts.get(name, 0) + 1})
+
+
+def prepare_resume(workdir: Path, run_id: str) -> RunPlan:
+    """Check that a run can go on from its last checkpoint; stop whatever is left of it. Returns its plan."""
+    state = observed_state(workdir, run_id)
+    plan = RunPlan.load(state.run_dir)
+    if state.status == "FINISHED":
+        raise BadInputError(f"run {run_id} already finished (model: {state.model_uri})")
+    if not checkpoint_path(plan).exists():
+        raise BadInputError(f"run {run_id} has no checkpoint ({checkpoint_path(plan)}): no round completed")
+    if state.status not in TERMINAL:
+        stop_run(workdir, run_id)  # a controller still around: stop it and whatever it started first
+    return plan
 
 
 def stop_run(workdir: Path, run_id: str, wait_s: float = 30.0) -> RunState:
@@ -162,6 +259,13 @@ def stop_run(workdir: Path, run_id: str, wait_s: float = 30.0) -> RunState:
             state = load_state(workdir, run_id)
             if state.status in TERMINAL:
                 return state
+    plan = RunPlan.load(state.run_dir)
     if state.deployment is not None:
-        get_orchestrator(state.deployment.orchestrator, RunPlan.load(state.run_dir).image).stop(state.deployment)
-    return state.update(status="STOPPED", phase="done", message="stopped by request", ended_at=time.time())
+        get_orchestrator(state.deployment.orchestrator, plan.image).stop(state.deployment)
+    if state.mlflow_run_id:
+        try:
+            Tracker(plan.tracking_uri, None).client.set_terminated(state.mlflow_run_id, status="KILLED")
+        except Exception:  # noqa: BLE001 - the store may be unreachable; the run record still says STOPPED
+            pass
+    return state.update(status="STOPPED", phase="done", message="stopped by request", ended_at=time.time(),
+                        resumable=checkpoint_path(plan).exists())

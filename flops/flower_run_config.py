@@ -10,12 +10,16 @@ from flops.plan import RunPlan
 def root_overrides(plan: RunPlan) -> dict[str, str | int | float]:
     """Run config for the root aggregator: where to write, and in a hierarchy, its K cluster nodes."""
     overrides: dict[str, str | int | float] = {"flops-output-dir": str(plan.output_dir)}
+    members = ({str(c.index): c.name for c in plan.clusters} if plan.hierarchical
+               else {str(l.partition_id): l.name for l in plan.learners})
+    overrides["flops-members"] = json.dumps(members)
     costs = [c.cost_to_root for c in plan.clusters] + [c.learner_link_cost for c in plan.clusters]
     if plan.hierarchical:
         k = len(plan.clusters)
         # Clusters evaluate their learners every local round; the root evaluates centrally.
-        overrides.update({"fraction-evaluate": 0.0, "min-train-nodes": k, "min-evaluate-nodes": 0,
-                          "min-available-nodes": k})
+        quorum = plan.config.quorum(k)
+        overrides.update({"fraction-evaluate": 0.0, "min-train-nodes": quorum, "min-evaluate-nodes": 0,
+                          "min-available-nodes": quorum})
         if any(costs):
             overrides["flops-link-costs"] = json.dumps(
                 {"clusters": {str(c.index): [c.cost_to_root, c.learner_link_cost] for c in plan.clusters}})

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from flops.plan import RunPlan
 from flops.runstate import RunState
@@ -45,6 +48,33 @@ class ClusterEvents:
         return found
 
 
+CHECKPOINT_FILE = "checkpoint.npz"  # written by the root aggregator after every global round
+
+
+def checkpoint_path(plan: RunPlan) -> Path:
+    return plan.output_dir / CHECKPOINT_FILE
+
+
+def final_model_is_finite(plan: RunPlan) -> bool:
+    """Whether every floating array of the final model is finite (a NaN model is never registered)."""
+    path = plan.output_dir / "final_model.npz"
+    if not path.exists():
+        return True  # nothing to check; logging the model reports the missing file
+    with np.load(path) as npz:
+        return all(npz[k].dtype.kind not in "fc" or bool(np.isfinite(npz[k]).all()) for k in npz.files)
+
+
+def trackable(event: dict[str, Any]) -> dict[str, Any]:
+    """The event without metrics that are null or non-finite (a learner's NaN loss): MLflow gets numbers only."""
+    cleaned = dict(event)
+    for group in ("central", "train", "evaluate"):
+        values = event.get(group)
+        if isinstance(values, dict):
+            cleaned[group] = {k: v for k, v in values.items()
+                              if isinstance(v, (int, float)) and math.isfinite(float(v))}
+    return cleaned
+
+
 def record_round(state: RunState, metrics: dict[str, float], event: dict[str, Any],
                   cluster_names: dict[str, str]) -> None:
     clusters = {name: dict(values) for name, values in state.clusters.items()}
@@ -58,6 +88,8 @@ def record_round(state: RunState, metrics: dict[str, float], event: dict[str, An
         bytes_total=state.bytes_total + int(metrics.get("bytes_total", 0)),
         comm_cost=state.comm_cost + float(event.get("cost", 0.0)),
         history=[*state.history, {"round": event["round"], **event.get("central", {})}],
+        last_round_missing=list(event.get("missing", [])), last_round_rejected=dict(event.get("rejected", {})),
+        rejected_updates=dict(event.get("rejected_total", state.rejected_updates)),
     )
 
 

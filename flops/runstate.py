@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ class RunState(BaseModel):
     commit: str = ""
     rounds: int = 0
     rounds_completed: int = 0
-    latest_metrics: dict[str, float] = {}
+    latest_metrics: dict[str, float | None] = {}
     message: str = ""
     controller_pid: int | None = None
     deployment: Deployment | None = None
@@ -37,7 +38,12 @@ class RunState(BaseModel):
     bytes_total: int = 0
     comm_cost: float = 0.0
     clusters: dict[str, dict[str, float]] = {}  # cluster name -> accumulated bytes per link and examples
-    history: list[dict[str, float]] = []  # per global round: round, central accuracy and loss
+    history: list[dict[str, float | None]] = []  # per global round: round, central accuracy and loss
+    last_round_missing: list[str] = []  # members that did not reply in the latest round
+    last_round_rejected: dict[str, str] = {}  # member -> why its update was rejected in the latest round
+    rejected_updates: dict[str, int] = {}  # member -> updates rejected over the run
+    restarts: dict[str, int] = {}  # component -> times FLOps restarted it
+    resumable: bool = False  # a checkpoint exists and `flops resume` can continue the run
     stopped_early: str = ""
     started_at: float = 0.0
     ended_at: float | None = None
@@ -61,8 +67,8 @@ class RunState(BaseModel):
         return max(0.0, end - self.started_at) if self.started_at else 0.0
 
     def summary(self) -> dict[str, Any]:
-        """The --json result object."""
-        return {
+        """The --json result object: strict JSON (a non-finite number is null)."""
+        return strict_json({
             "run_id": self.run_id,
             "status": self.status,
             "message": self.message,
@@ -82,8 +88,22 @@ class RunState(BaseModel):
             "comm_cost": self.comm_cost,
             "clusters": self.clusters,
             "stopped_early": self.stopped_early,
+            "rejected_updates": self.rejected_updates,
+            "restarts": self.restarts,
+            "resumable": self.resumable,
             "run_dir": str(self.run_dir),
-        }
+        })
+
+
+def strict_json(value: Any) -> Any:
+    """VALUE with NaN and infinities as None, so json.dumps writes valid JSON (null, never NaN)."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [strict_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def runs_dir(workdir: Path) -> Path:
@@ -112,3 +132,36 @@ def latest_run_id(workdir: Path) -> str:
     if not states:
         raise BadInputError(f"no runs in {runs_dir(workdir)}")
     return max(states, key=lambda s: s.started_at).run_id
+
+
+def controller_alive(state: RunState) -> bool:
+    """Whether the run's controller still runs; its command line must name FLOps, so a reused pid does not count."""
+    if state.controller_pid is None:
+        return False
+    try:
+        cmdline = Path(f"/proc/{state.controller_pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{state.controller_pid}/stat").read_text()
+    except OSError:
+        return False
+    if stat.rsplit(")", 1)[1].split()[0] == "Z":
+        return False
+    return state.run_id.encode() in cmdline or b"flops" in cmdline or b"cli.main" in cmdline
+
+
+def observed_state(workdir: Path, run_id: str) -> RunState:
+    """The run's state, corrected when its controller died without saying so: FAILED (resumable), never RUNNING."""
+    state = load_state(workdir, run_id)
+    if state.status in TERMINAL or state.controller_pid is None or controller_alive(state):
+        return state
+    state = load_state(workdir, run_id)  # it may have ended between the two reads
+    if state.status in TERMINAL:
+        return state
+    if state.deployment is not None:  # whatever the dead controller left running goes with it
+        from flops.orchestrators import get_orchestrator  # the orchestrators need the plan; the plan needs no state
+        from flops.plan import RunPlan
+
+        get_orchestrator(state.deployment.orchestrator, RunPlan.load(state.run_dir).image).stop(state.deployment)
+    resumable = (state.run_dir / "output" / "checkpoint.npz").exists()
+    hint = f"; continue it with `flops resume {run_id}`" if resumable else ""
+    return state.update(status="FAILED", phase="done", ended_at=time.time(), resumable=resumable,
+                        message=f"the controller (pid {state.controller_pid}) died during '{state.phase}'{hint}")

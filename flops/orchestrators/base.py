@@ -27,6 +27,8 @@ class ComponentRecord(BaseModel):
     pid: int | None = None  # local orchestrator: process group leader
     container_id: str | None = None  # docker orchestrator
     partition_id: int | None = None
+    argv: list[str] = []  # how it was started: a restart runs exactly this again
+    restarts: int = 0
 
 
 class Deployment(BaseModel):
@@ -66,6 +68,11 @@ def wait_for_port(port: int, record: ComponentRecord, timeout_s: float, exit_rea
     raise DeployError(f"{record.name} did not open port {port} within {timeout_s:.0f}s (log: {record.log_path})")
 
 
+RESTART_BACKOFF_S = 1.0  # first wait before restarting a component that died; doubles per restart
+RESTART_BACKOFF_MAX_S = 30.0
+MAX_RESTARTS = 10  # per component and run: past this, the device is broken, not flaky
+
+
 class Orchestrator(ABC):
     """Starts and stops the SuperLink(s) and SuperNodes of a run. One module per implementation.
 
@@ -100,12 +107,37 @@ class Orchestrator(ABC):
                     "cluster-name": cluster.name, "cluster-index": cluster.index,
                     "cluster-size": len(cluster.learners), "cluster-superlink": f"127.0.0.1:{link_port}",
                     "cluster-dir": str(plan.cluster_dir(cluster)), "app-dir": str(plan.app_dir),
+                    # "id=name,..." not JSON: Flower's --node-config parser cuts values at inner quotes.
+                    "cluster-members": ",".join(f"{l.partition_id}={l.name}" for l in cluster.learners),
                 }))
             self._after_supernodes_started(plan)
         except BaseException:
             self.stop(deployment)
             raise
         return deployment
+
+    def restart(self, plan: RunPlan, deployment: Deployment, component: str) -> bool:
+        """Start a dead component again from its recorded argv, with exponential backoff.
+
+        Returns False while the backoff since the last restart of COMPONENT lasts (call again later),
+        True once restarted; raises DeployError when it has died MAX_RESTARTS times.
+        """
+        record = next((c for c in deployment.components if c.name == component), None)
+        if record is None:
+            raise DeployError(f"no component '{component}' in run {deployment.run_id}")
+        if record.restarts >= MAX_RESTARTS:
+            raise DeployError(f"{component} died {record.restarts + 1} times; not restarted again (log: {record.log_path})")
+        not_before = getattr(self, "_restart_not_before", {})
+        self._restart_not_before = not_before
+        now = time.monotonic()
+        if component not in not_before:
+            not_before[component] = now + RESTART_BACKOFF_S * 2 ** record.restarts
+        if now < not_before[component]:
+            return False
+        del not_before[component]
+        self._restart(plan, record)
+        record.restarts += 1
+        return True
 
     def _start_learners(self, plan: RunPlan, learners: list[LearnerSpec], superlink_port: int) -> list[ComponentRecord]:
         return [
@@ -133,6 +165,10 @@ class Orchestrator(ABC):
     def _start_supernode(self, plan: RunPlan, record: ComponentRecord, superlink_port: int,
                          node_config: dict[str, str | int]) -> ComponentRecord:
         """Start one SuperNode connected to the SuperLink on superlink_port, with this node config."""
+
+    @abstractmethod
+    def _restart(self, plan: RunPlan, record: ComponentRecord) -> None:
+        """Run a dead component again exactly as it was first started (same argv, ports and identity)."""
 
     @abstractmethod
     def status(self, deployment: Deployment) -> dict[str, bool]:

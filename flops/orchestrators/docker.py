@@ -150,6 +150,21 @@ class DockerOrchestrator(Orchestrator):
     def _before_deploy(self, plan: RunPlan) -> None:
         self._ensure_image()
 
+    def _restart(self, plan: RunPlan, record: ComponentRecord) -> None:
+        """The same container (command, ports, mounts) started again; its log stream is followed anew."""
+        import docker.errors
+
+        container = self._container(record)
+        if container is None:
+            raise DeployError(f"cannot restart {record.name}: its container is gone")
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            raise DeployError(f"cannot restart {record.name}: {exc.explanation or exc}") from exc
+        follower = threading.Thread(target=self._follow_logs, args=(container, record.log_path), daemon=True)
+        follower.start()
+        self._followers[record.name] = follower
+
     def status(self, deployment: Deployment) -> dict[str, bool]:
         alive = {}
         for record in deployment.components:

@@ -119,7 +119,20 @@ class LocalOrchestrator(Orchestrator):
                 raise DeployError(f"cannot start {record.name}: {argv[0]}: {exc.strerror}") from exc
         self._children[proc.pid] = proc
         record.pid = proc.pid
+        record.argv = argv
         return record
+
+    def _restart(self, plan: RunPlan, record: ComponentRecord) -> None:
+        # Whatever the dead process left behind in its group (a flower-superexec, a ClientApp) goes first.
+        if record.pid is not None:
+            try:
+                os.killpg(record.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            old = self._children.pop(record.pid, None)
+            if old is not None:
+                old.wait()
+        self._spawn(plan, record, record.argv)
 
     def _exit_reason(self, record: ComponentRecord) -> str | None:
         proc = self._children.get(record.pid or -1)

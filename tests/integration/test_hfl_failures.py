@@ -1,8 +1,9 @@
-"""Hierarchical runs that must not finish: a cluster aggregator dying, a learner raising inside a cluster,
+"""Hierarchical runs under faults: a cluster aggregator dying (restarted), a learner raising inside a cluster,
 and topology files that must be rejected before anything starts. All through the real `flops` CLI."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -64,11 +65,13 @@ def _training_aggregator(workdir: Path, name: str) -> tuple[dict, dict] | None:
     return None
 
 
-def test_a_dead_cluster_aggregator_fails_the_run_promptly_naming_it(exact_repo: Path, tmp_path: Path) -> None:
+def test_a_killed_cluster_aggregator_is_restarted_and_the_run_finishes(exact_repo: Path, tmp_path: Path) -> None:
+    """kill -9 of a cluster aggregator mid-round: its cluster is left out of that round (the other
+    cluster meets the root's quorum), FLOps restarts it, and the run finishes with nothing left running."""
     workdir = tmp_path / "work"
     proc = subprocess.Popen(
-        [str(FLOPS), "submit", exact_repo.as_uri(), "--learners", "4", "--clusters", "2", "--rounds", "50",
-         "--local-rounds", "2", "--round-timeout", "3600", "--workdir", str(workdir), "--json"],
+        [str(FLOPS), "submit", exact_repo.as_uri(), "--learners", "4", "--clusters", "2", "--rounds", "3",
+         "--local-rounds", "1", "--round-timeout", "90", "--workdir", str(workdir), "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=flops_env(), stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
@@ -80,25 +83,26 @@ def test_a_dead_cluster_aggregator_fails_the_run_promptly_naming_it(exact_repo: 
         wait_for(lambda: (Path(state["run_dir"]) / "output" / "cluster-0" / "round-1").is_dir(), 300,
                  "cluster-0 to start its first global round")
         os.killpg(component["pid"], signal.SIGKILL)
-        # The round timeout (3600 s) is far beyond this wait: only noticing the dead process can end the run.
-        stdout, stderr = proc.communicate(timeout=900)
+        stdout, stderr = proc.communicate(timeout=1800)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        for left in run_ids(workdir) if (workdir / "runs").is_dir() else []:  # the controller is detached
+            run_flops("stop", left, "--workdir", str(workdir), timeout_s=120)
     output = stdout + stderr
-    assert proc.returncode == 1, output
+    assert proc.returncode == 0, output
     assert "Traceback" not in output, output
-    log_path = workdir / "runs" / run_id / "logs" / "cluster-0-aggregator.log"
-    assert "cluster-0-aggregator" in output and str(log_path) in output, output
-    assert log_path.is_file()
     final = run_state(workdir, run_id)
-    assert (final["status"], final["phase"]) == ("FAILED", "done"), final
-    assert "cluster-0-aggregator exited unexpectedly" in final["message"], final
-    assert final["rounds_completed"] < 50, final
+    assert (final["status"], final["rounds_completed"]) == ("FINISHED", 3), final
+    assert final["restarts"].get("cluster-0-aggregator", 0) >= 1, final
+    rounds = [json.loads(line) for line in (Path(final["run_dir"]) / "output" / "events.jsonl").read_text().splitlines()]
+    rounds = [e for e in rounds if e["event"] == "round" and e["round"] > 0]
+    assert rounds[0]["missing"] == ["cluster-0"] and rounds[0]["accepted"] == ["cluster-1"], rounds[0]
+    assert len(rounds[-1]["accepted"]) == 2, rounds[-1]  # the restarted aggregator is back
     assert_no_process_left(run_id)
     run = MlflowClient(tracking_uri=final["tracking_uri"]).get_run(final["mlflow_run_id"])
-    assert run.info.status == "FAILED"
+    assert run.info.status == "FINISHED"
 
 
 def test_a_raising_learner_inside_a_cluster_fails_the_run_naming_it(tmp_path: Path) -> None:

@@ -107,3 +107,15 @@ def test_batchnorm_model_round_trips_through_aggregation() -> None:
     torch.testing.assert_close(state["bn.running_mean"], expected_mean)
     target.eval()
     assert target(torch.randn(2, 1, 6, 6)).shape == (2, 2)
+
+
+def test_mismatched_shapes_are_refused_not_broadcast() -> None:
+    with pytest.raises(ValueError, match=r"model 1 does not match model 0: array 0: shape \(1,\), expected \(3,\)"):
+        weighted_average([[np.ones(3, np.float32)], [np.ones(1, np.float32)]], [1, 1])
+
+
+def test_mismatched_dtypes_and_array_counts_are_refused() -> None:
+    with pytest.raises(ValueError, match="dtype float64, expected float32"):
+        weighted_average([[np.ones(3, np.float32)], [np.ones(3, np.float64)]], [1, 1])
+    with pytest.raises(ValueError, match="wrong number of arrays: 2, expected 1"):
+        weighted_average([[np.ones(3, np.float32)], [np.ones(3, np.float32), np.ones(1, np.float32)]], [1, 1])

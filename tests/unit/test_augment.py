@@ -46,7 +46,9 @@ def test_pyproject_declares_the_components_and_the_run_config(user_code: Path, t
     assert run_config["task-module"] == "task"
     assert run_config["num-server-rounds"] == 4
     assert (run_config["local-epochs"], run_config["batch-size"], run_config["learning-rate"]) == (2, 16, 0.05)
-    assert run_config["min-train-nodes"] == run_config["min-evaluate-nodes"] == run_config["min-available-nodes"] == 3
+    # The quorum (half of 3, rounded up): a lost learner must not stall a round.
+    assert run_config["min-train-nodes"] == run_config["min-evaluate-nodes"] == run_config["min-available-nodes"] == 2
+    assert (run_config["strategy-name"], run_config["strategy-params"], run_config["max-failed-rounds"]) == ("fedavg", "{}", 2)
     assert run_config["flops-output-dir"] == ""
     assert pyproject["project"]["name"] == app_name("My_Task") == "flops-my-task"
     assert "numpy>=1.26" in pyproject["project"]["dependencies"]

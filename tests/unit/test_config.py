@@ -90,10 +90,23 @@ def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
     assert load_config(_write(tmp_path, ""), {}) == RunConfig()
 
 
-def test_min_nodes_default_to_every_learner() -> None:
-    config = load_config(None, {"learners": 4, "strategy.min_evaluate_nodes": 2})
-    assert config.min_nodes("min_train_nodes") == 4
+def test_min_nodes_default_to_the_quorum_so_a_lost_learner_does_not_stall_rounds() -> None:
+    config = load_config(None, {"learners": 5, "strategy.min_evaluate_nodes": 2})
+    assert config.quorum() == 3 and config.min_nodes("min_train_nodes") == 3
     assert config.min_nodes("min_evaluate_nodes") == 2
+    strict = load_config(None, {"learners": 5, "strategy.min_fit_fraction": 1.0})
+    assert strict.min_nodes("min_available_nodes") == 5
+    assert load_config(None, {"learners": 1, "strategy.min_fit_fraction": 0.1}).quorum() == 1
+
+
+def test_strategy_by_name_with_its_own_parameters(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, "strategy:\n  name: trimmed-mean\n  params: {beta: 0.2}\nmax_failed_rounds: 3\n"), {})
+    assert (config.strategy.name, config.strategy.params, config.max_failed_rounds) == ("trimmed-mean", {"beta": 0.2}, 3)
+    path = _write(tmp_path, "strategy:\n  name: krum\n  params: {beta: 0.2}\n")
+    with pytest.raises(ConfigError, match=r"field 'strategy'.*strategy.params.beta: not a parameter of krum \(known: num_malicious_nodes\)"):
+        load_config(path, {})
+    with pytest.raises(ConfigError, match=r"field 'strategy.name'.*'fedavg', 'fedprox'"):
+        load_config(_write(tmp_path, "strategy:\n  name: fedsgd\n"), {})
 
 
 def test_schema_forbids_unknown_fields_and_describes_the_top_level() -> None:

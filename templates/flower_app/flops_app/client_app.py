@@ -16,6 +16,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from flops_app import cluster_aggregator
+from flops_app.strategy import MEMBER_KEY
 from flops_app.user_task import UserCodeError, load_task, num_examples, numeric_metrics
 
 app = ClientApp()
@@ -90,6 +91,7 @@ def train(msg: Message, context: Context) -> Message:
         task, net, trainloader, testloader = _model_and_data(msg, context)
         cfg = context.run_config
         stage = "train"
+        _add_proximal_term(net, float(msg.content["config"].get("proximal-mu", 0.0)))
         returned = task.train(
             net,
             trainloader,
@@ -100,11 +102,22 @@ def train(msg: Message, context: Context) -> Message:
         )
         stage = "get_weights"
         arrays = ArrayRecord(task.get_weights(net))
-        metrics = {**numeric_metrics(returned), "num-examples": num_examples(trainloader)}
+        metrics = {**numeric_metrics(returned), "num-examples": num_examples(trainloader),
+                   MEMBER_KEY: _partition(context)[0]}
     except Exception as exc:  # noqa: BLE001 - any failure of user code ends the run with its message
         return _failure(msg, context, stage, exc)
     content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
+
+
+def _add_proximal_term(net, mu: float) -> None:  # noqa: ANN001 - the user's nn.Module
+    """FedProx without touching the user's train(): each gradient gains mu * (w - w_global)."""
+    if mu <= 0:
+        return
+    for param in net.parameters():
+        if param.requires_grad:
+            anchor = param.detach().clone()
+            param.register_hook(lambda grad, p=param, a=anchor: grad + mu * (p.detach() - a))
 
 
 @app.evaluate()
@@ -114,7 +127,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         task, net, _, testloader = _model_and_data(msg, context)
         stage = "test"
         metrics = task.test(net, testloader, str(context.run_config["device"]))  # {"loss"[, "accuracy"]}
-        metrics["num-examples"] = num_examples(testloader)
+        metrics.update({"num-examples": num_examples(testloader), MEMBER_KEY: _partition(context)[0]})
     except Exception as exc:  # noqa: BLE001
         return _failure(msg, context, stage, exc)
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

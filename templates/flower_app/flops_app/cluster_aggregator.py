@@ -11,8 +11,10 @@ from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordD
 from flwr.common.constant import ErrorCode
 
 from flops_app.events import EventLog, load_arrays
-from flops_app.strategy import CLUSTER_INDEX, CLUSTER_KEY_PREFIX
+from flops_app.strategy import CLUSTER_INDEX, CLUSTER_KEY_PREFIX, quorum_size
 
+# A cluster that lost its learners is a lost device at the root, not broken code (Flower's NODE_UNAVAILABLE).
+CLUSTER_UNAVAILABLE = ErrorCode.NODE_UNAVAILABLE
 STATUS_POLL_S = 0.5
 
 
@@ -27,10 +29,12 @@ def train(msg: Message, context: Context) -> Message:
 
     node, cfg = context.node_config, context.run_config
     name, index = str(node["cluster-name"]), int(node["cluster-index"])
-    global_round = int(msg.content["config"]["server-round"])
+    config = msg.content["config"]
+    global_round = int(config["server-round"]) + int(config.get("flops-rounds-done", 0))
     work = EventLog(str(Path(str(node["cluster-dir"])) / f"round-{global_round}"))
     work.save_arrays(msg.content["arrays"].to_numpy_ndarrays(), "initial.npz")
     size = int(node["cluster-size"])
+    quorum = quorum_size(float(cfg["min-fit-fraction"]), size)
     control = FlowerControl(str(node["cluster-superlink"]))
     try:
         run_id = control.start_run(Path(str(node["app-dir"])), {
@@ -39,7 +43,8 @@ def train(msg: Message, context: Context) -> Message:
             "flops-output-dir": str(work.output_dir),
             "flops-global-round": global_round,
             "num-server-rounds": int(cfg["local-rounds"]),
-            "min-train-nodes": size, "min-evaluate-nodes": size, "min-available-nodes": size,
+            "min-train-nodes": quorum, "min-evaluate-nodes": quorum, "min-available-nodes": quorum,
+            "flops-members": json.dumps(dict(m.split("=", 1) for m in str(node.get("cluster-members", "")).split(",") if m)),
         })
         deadline = time.monotonic() + float(cfg["round-timeout-s"])
         while not (status := control.run_status(run_id)).finished:
@@ -76,4 +81,6 @@ def _failure_reason(output_dir: Path, name: str, fallback: str) -> str:
 
 
 def _error(msg: Message, reason: str) -> Message:
-    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+    """A learner's exception inside the cluster stays a code failure; anything else is a lost cluster."""
+    code = ErrorCode.CLIENT_APP_RAISED_EXCEPTION if reason.startswith("learner") else CLUSTER_UNAVAILABLE
+    return Message(Error(code=code, reason=reason), reply_to=msg)

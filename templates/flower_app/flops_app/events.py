@@ -20,12 +20,12 @@ class EventLog:
             self.output_dir.mkdir(parents=True, exist_ok=True)
 
     def emit(self, event: str, **fields: Any) -> None:
-        record = {"event": event, "time": time.time(), **fields}
-        print(f"[flops] {json.dumps(record)}", flush=True)
+        record = strict_json({"event": event, "time": time.time(), **fields})
+        print(f"[flops] {json.dumps(record, allow_nan=False)}", flush=True)
         if self.output_dir is None:
             return
         with open(self.output_dir / "events.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(json.dumps(record, allow_nan=False) + "\n")
             fh.flush()
 
     def _write_atomically(self, name: str, write) -> None:  # noqa: ANN001 - a writer taking a binary file
@@ -45,6 +45,17 @@ class EventLog:
 
     def save_json(self, name: str, payload: dict[str, Any]) -> None:
         self._write_atomically(name, lambda fh: fh.write(json.dumps(payload).encode()))
+
+
+def strict_json(value: Any) -> Any:
+    """VALUE with every NaN or infinity replaced by None: the event log is strict JSON (null, not NaN)."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return None
+    return value
 
 
 def load_arrays(path: str | Path) -> list[np.ndarray]:

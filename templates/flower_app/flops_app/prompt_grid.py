@@ -43,8 +43,10 @@ class PromptGrid(Grid):
         return self._grid.pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        """Flower's semantics (push, then pull until every reply is in or timeout passes) with shorter waits,
-        and one exception: an error reply returns at once, since FlopsFedAvg ends the run on any error."""
+        """Flower's semantics (push, then pull until every reply is in or timeout passes) with shorter waits.
+
+        An error reply does not end the wait: one learner's exception is not yet the run's end (the strategy
+        decides with every reply of the round in hand)."""
         waiting = set(self._grid.push_messages(messages))
         end = time.monotonic() + (timeout or 0.0)
         replies: list[Message] = []
@@ -53,7 +55,7 @@ class PromptGrid(Grid):
             got = list(self._grid.pull_messages(waiting))
             replies += got
             waiting -= {reply.metadata.reply_to_message_id for reply in got}
-            if not waiting or any(reply.has_error() for reply in got):
+            if not waiting:
                 break
             time.sleep(pause)
             pause = min(pause * 2, LONGEST_PULL_WAIT_S)

@@ -11,10 +11,11 @@ import traceback
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from flops_app.aggregation import payload_bytes
+from flops_app.aggregation import non_finite, payload_bytes
+from flops_app.checkpoint import load_checkpoint, save_checkpoint
 from flops_app.events import EventLog, load_arrays
 from flops_app.prompt_grid import PromptGrid
-from flops_app.strategy import FlopsFedAvg
+from flops_app.strategy import LearnerFailed, build_strategy
 from flops_app.user_task import UserCodeError, input_example, load_task
 
 app = ServerApp()
@@ -38,7 +39,8 @@ def main(grid: Grid, context: Context) -> None:
             _root_federation(grid, cfg, events)
     except Exception as exc:
         traceback.print_exc()
-        message = str(exc) if str(exc).startswith(("learner", "cluster")) else f"{tier} aggregator: {type(exc).__name__}: {exc}"
+        plain = isinstance(exc, LearnerFailed) or str(exc).startswith(("learner", "cluster"))
+        message = str(exc) if plain else f"{tier} aggregator: {type(exc).__name__}: {exc}"
         if isinstance(exc, UserCodeError):  # the user's function and line, and a file with the full traceback
             message = f"{tier} aggregator: {exc}{_save_traceback(events, tier, exc.details)}"
         events.emit("failed", message=message)
@@ -54,8 +56,12 @@ def _save_traceback(events: EventLog, tier: str, details: str) -> str:
     return f" (traceback: {path})"
 
 
-def _strategy(cfg: dict) -> FlopsFedAvg:
-    return FlopsFedAvg(
+def _strategy(cfg: dict):  # noqa: ANN202 - a Flower strategy class made at run time
+    return build_strategy(
+        str(cfg["strategy-name"]), json.loads(str(cfg["strategy-params"]) or "{}"),
+        members=json.loads(str(cfg["flops-members"]) or "{}"),
+        min_fit_fraction=float(cfg["min-fit-fraction"]), max_failed_rounds=int(cfg["max-failed-rounds"]),
+        first_round_wait_s=float(cfg["round-timeout-s"]),
         fraction_train=float(cfg["fraction-train"]),
         fraction_evaluate=float(cfg["fraction-evaluate"]),
         min_train_nodes=int(cfg["min-train-nodes"]),
@@ -64,8 +70,9 @@ def _strategy(cfg: dict) -> FlopsFedAvg:
     )
 
 
-def _train_config(cfg: dict) -> ConfigRecord:
-    return ConfigRecord({"local-epochs": int(cfg["local-epochs"])})
+def _train_config(cfg: dict, rounds_done: int = 0) -> ConfigRecord:
+    # A resumed run's strategy counts rounds from 1 again: cluster aggregators need the global round.
+    return ConfigRecord({"local-epochs": int(cfg["local-epochs"]), "flops-rounds-done": rounds_done})
 
 
 class LinkCosts:
@@ -96,20 +103,32 @@ def _root_federation(grid: Grid, cfg: dict, events: EventLog) -> None:
     _, central_testloader = task.load_data(0, 1, int(cfg["batch-size"]))
     strategy = _strategy(cfg)
     num_rounds = int(cfg["num-server-rounds"])
+    initial = ArrayRecord(task.get_weights(net))
+    done = 0  # global rounds completed before this run: a resumed run goes on from its checkpoint
+    if str(cfg["flops-resume-from"]):
+        checkpoint = load_checkpoint(str(cfg["flops-resume-from"]))
+        done, initial = checkpoint.round, ArrayRecord(checkpoint.arrays)
+        strategy.restore_strategy_state(checkpoint.strategy_state)
     target = float(cfg["target-accuracy"])
     budget = float(cfg["comm-budget"])
     costs = LinkCosts(str(cfg["flops-link-costs"]))
     spent = [0.0]
-    latest = [ArrayRecord(task.get_weights(net))]
+    latest = [initial]
     round_started = [time.time()]
 
-    def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def central_evaluate(strategy_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        server_round = done + strategy_round  # the global round, counted across resumes
+        if strategy_round == 0 and done:
+            return None  # the checkpoint's model was evaluated in the round that wrote it
         latest[0] = arrays
         task.set_weights(net, arrays.to_numpy_ndarrays())
         central = task.test(net, central_testloader, device)  # {"loss"[, "accuracy"]}
-        stats = strategy.round_stats.get(server_round, {})
+        stats = strategy.round_stats.get(strategy_round, {})
         cost = costs.round_cost(stats) if server_round else 0.0
         spent[0] += cost
+        if server_round:
+            # Durable before it is reported: a round the controller saw is a round `flops resume` keeps.
+            save_checkpoint(events.output_dir, server_round, arrays.to_numpy_ndarrays(), strategy.strategy_state())
         now = time.time()
         events.emit("round", round=server_round, rounds=num_rounds, duration_s=now - round_started[0],
                     central=central, cost=cost, **stats)
@@ -123,16 +142,18 @@ def _root_federation(grid: Grid, cfg: dict, events: EventLog) -> None:
             )
         return MetricRecord(central)
 
-    events.emit("started", rounds=num_rounds, model_bytes=payload_bytes([task.get_weights(net)]))
+    events.emit("started", rounds=num_rounds, resumed_from=done, model_bytes=payload_bytes([task.get_weights(net)]))
     stopped = ""
     try:
         result = strategy.start(
-            grid=grid, initial_arrays=latest[0], num_rounds=num_rounds, timeout=float(cfg["round-timeout-s"]),
-            train_config=_train_config(cfg), evaluate_fn=central_evaluate,
+            grid=grid, initial_arrays=latest[0], num_rounds=num_rounds - done, timeout=float(cfg["round-timeout-s"]),
+            train_config=_train_config(cfg, done), evaluate_fn=central_evaluate,
         )
-        final = result.arrays
+        final = result.arrays if result.arrays is not None else latest[0]
     except StopFederation as stop:
         final, stopped = latest[0], str(stop)
+    if non_finite(final.to_numpy_ndarrays()):
+        raise RuntimeError("the final global model holds non-finite values; it is not saved or registered")
     events.save_arrays(final.to_numpy_ndarrays())
     events.save_example(input_example(central_testloader))
     events.emit("finished", rounds=num_rounds, stopped_early=stopped)
@@ -154,7 +175,9 @@ def _cluster_federation(grid: Grid, cfg: dict, events: EventLog) -> None:
         evaluate_fn=report_local_round,
     )
     rounds = [strategy.round_stats.get(r, {}) for r in range(1, local_rounds + 1)]
-    last = rounds[-1]
+    last = next((r for r in reversed(rounds) if r.get("examples")), rounds[-1])
+    if result.arrays is None:
+        raise RuntimeError("no local round of this cluster reached its quorum")
     events.save_arrays(result.arrays.to_numpy_ndarrays())
     events.save_json("cluster_result.json", {
         "examples": last.get("examples", 0),  # the last local round's examples, never a running total
