@@ -85,7 +85,7 @@ def _close_tracking(tracker: Tracker, state: RunState, status: str) -> None:
 
 def _train(plan: RunPlan, state: RunState, orchestrator: Any, deployment: Any, tracker: Tracker,
            progress: Progress) -> None:
-    control = FlowerControl(deployment.control_address)
+    control = FlowerControl(deployment.control_address, deployment.ca_cert)
     try:
         progress.phase(state.update(phase="starting run"))
         flower_run_id = control.start_run(plan.app_dir, root_overrides(plan))

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from flops.assignment import assign
 from flops.augment import AppSpec, augment_app
 from flops.config import RunConfig
+from flops.credentials import LOOPBACK_NAMES, refuse_insecure_network
 from flops.contract import ContractSpec, check_contract, run_import_check
 from flops.dependencies import read_dependencies
 from flops.environment import ensure_run_env
@@ -50,12 +51,14 @@ def raise_stop(signum: int, _frame: Any) -> None:
 def prepare_run(
     source: str, ref: str | None, config: RunConfig, workdir: Path, orchestrator: str,
     tracking_uri: str, progress: Progress | None = None, topology_file: Path | None = None,
-    image: str | None = None,
+    image: str | None = None, insecure: bool = False, allow_insecure_network: bool = False,
 ) -> RunPlan:
     """Everything that can reject bad input, before anything starts. Raises BadInputError subclasses."""
     progress = progress or SilentProgress()
     workdir = workdir.resolve()
     orchestrator_class(orchestrator)  # an unknown name fails here, before any work
+    if insecure:  # every orchestrator binds loopback today; topology hosts will add theirs here
+        refuse_insecure_network(list(LOOPBACK_NAMES), allow_insecure_network)
     topology = _topology(config, topology_file)
     config = config.model_copy(update={"learners": len(topology.learners), "clusters": len(topology.clusters)})
     run_id = new_run_id()
@@ -63,11 +66,12 @@ def prepare_run(
     state = RunState(run_id=run_id, run_dir=run_dir, rounds=config.rounds, tracking_uri=tracking_uri,
                      started_at=time.time(), controller_pid=os.getpid())
     (run_dir / "logs").mkdir(parents=True)
+    run_dir.chmod(0o700)  # keys, logs and the plan are the operator's alone
     previous = signal.signal(signal.SIGTERM, raise_stop)  # `flops stop` while fetching or installing
     try:
         plan = _prepare(source, ref, config, topology, workdir, orchestrator, tracking_uri, state, progress)
-        if image:
-            plan = plan.model_copy(update={"image": image})
+        if image or insecure:
+            plan = plan.model_copy(update={"image": image, "insecure": insecure})
             plan.save()
         return plan
     except (StopRequested, KeyboardInterrupt):

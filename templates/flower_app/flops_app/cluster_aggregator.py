@@ -31,7 +31,7 @@ def train(msg: Message, context: Context) -> Message:
     work = EventLog(str(Path(str(node["cluster-dir"])) / f"round-{global_round}"))
     work.save_arrays(msg.content["arrays"].to_numpy_ndarrays(), "initial.npz")
     size = int(node["cluster-size"])
-    control = FlowerControl(str(node["cluster-superlink"]))
+    control = FlowerControl(str(node["cluster-superlink"]), str(node.get("cluster-superlink-ca", "")) or None)
     try:
         run_id = control.start_run(Path(str(node["app-dir"])), {
             "flops-tier": "cluster",
