@@ -104,13 +104,14 @@ class RunAuthority:
         return ServerCredentials(cert=cert_path, key=key_path, ca_cert=self.ca_cert)
 
     def node_key(self, component: str) -> NodeKey:
-        """A SuperNode key pair in the form Flower reads: OpenSSH private key (P-384, a NIST curve)."""
+        """A SuperNode key pair in the form Flower reads: OpenSSH private key on P-256 (Flower takes any NIST curve;
+        P-256 is several times faster to make than P-384, which counts for fleets of learners)."""
         return new_node_key(self.directory / component / "node.key")
 
 
 def new_node_key(private_key_path: Path) -> NodeKey:
     """Generate a SuperNode authentication key pair; the private key goes to PRIVATE_KEY_PATH (0600)."""
-    key = ec.generate_private_key(ec.SECP384R1())
+    key = ec.generate_private_key(ec.SECP256R1())
     write_private(private_key_path, key.private_bytes(serialization.Encoding.PEM,
                                                       serialization.PrivateFormat.OpenSSH,
                                                       serialization.NoEncryption()))

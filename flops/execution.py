@@ -13,6 +13,7 @@ from flops.errors import FlopsError, RunFailedError
 from flops.flower_control import FlowerControl
 from flops.flower_run_config import root_overrides
 from flops.orchestrators import get_orchestrator
+from flops.orchestrators.link_security import refuse_intruders
 from flops.plan import RunPlan
 from flops.preparation import Progress, StopRequested, SilentProgress, raise_stop
 from flops.run_events import ClusterEvents, EventTail, learner_log_hint, record_round
@@ -120,6 +121,7 @@ def _monitor(plan: RunPlan, state: RunState, orchestrator: Any, deployment: Any,
             elif event["event"] == "finished":
                 finished = True
                 state.update(stopped_early=event.get("stopped_early", ""))
+        refuse_intruders(control, deployment.node_ids)
         flower = control.run_status(state.flower_run_id)
         if flower.finished:
             if finished and flower.completed:

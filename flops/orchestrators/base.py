@@ -37,6 +37,7 @@ class Deployment(BaseModel):
     run_id: str
     control_address: str  # host:port of the root SuperLink's Control API
     ca_cert: Path | None = None  # the run's CA, to reach the Control API over TLS; None: an --insecure run
+    node_ids: dict[str, int] = {}  # SuperNodes FLOps registered with the root SuperLink: name -> Flower node id
     components: list[ComponentRecord] = []
 
 
@@ -113,6 +114,7 @@ class Orchestrator(ABC):
             self.security.wait_until_online(plan.config.startup_timeout_s,
                                             lambda name: self._exit_reason(records[name]),
                                             lambda name: records[name].log_path)
+            deployment.node_ids = self.security.registered(deployment.control_address)
         except BaseException:
             self.stop(deployment)
             raise

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from flops.credentials import LOOPBACK_NAMES, RunAuthority
-from flops.errors import DeployError
+from flops.errors import DeployError, RunFailedError
 from flops.flower_control import FlowerControl
 from flops.plan import RunPlan
 
@@ -48,6 +48,10 @@ class LinkSecurity:
     @property
     def ca_cert(self) -> Path | None:
         return self.authority.ca_cert if self.authority else None
+
+    def registered(self, superlink_address: str) -> dict[str, int]:
+        """Component name -> Flower node id of the SuperNodes registered with that SuperLink."""
+        return dict(self._registered.get(superlink_address, {}))
 
     def superlink_args(self, name: str, hosts: tuple[str, ...] = LOOPBACK_NAMES) -> list[str]:
         """TLS with a certificate for the addresses the SuperLink is reached by; SuperNodes must be registered."""
@@ -95,3 +99,17 @@ class LinkSecurity:
                     time.sleep(ONLINE_POLL_S)
             finally:
                 control.close()
+
+
+def refuse_intruders(control: FlowerControl, known: dict[str, int]) -> None:
+    """Fail the run when the SuperLink lists a SuperNode FLOps did not register. Flower 1.42's open-source
+    Control API takes RegisterNode from anyone who reaches it, so authentication alone cannot keep a node
+    out; a run that notices one stops rather than train with it. No-op for --insecure runs (known empty)."""
+    if not known:
+        return
+    ours = set(known.values())
+    foreign = [n for n in control.list_nodes() if n.node_id not in ours]
+    if foreign:
+        node = foreign[0]
+        raise RunFailedError(f"SuperNode {node.node_id} ('{node.name}', {node.status}) was registered at the "
+                             f"SuperLink {control.address} by someone other than FLOps; run stopped")
