@@ -13,7 +13,7 @@ from flops.errors import FlopsError, RunFailedError
 from flops.flower_control import FlowerControl
 from flops.flower_run_config import root_overrides
 from flops.orchestrators import get_orchestrator
-from flops.orchestrators.link_security import refuse_intruders
+from flops.orchestrators.link_security import describe_exit, refuse_intruders
 from flops.plan import RunPlan
 from flops.preparation import Progress, StopRequested, SilentProgress, raise_stop
 from flops.run_events import ClusterEvents, EventTail, learner_log_hint, record_round
@@ -134,7 +134,7 @@ def _monitor(plan: RunPlan, state: RunState, orchestrator: Any, deployment: Any,
             raise RunFailedError(f"Flower run ended {flower.sub_status}: {detail} (log: {plan.logs_dir / 'superlink.log'})")
         dead = [name for name, alive in orchestrator.status(deployment).items() if not alive]
         if dead:
-            raise RunFailedError(f"{dead[0]} exited unexpectedly (log: {orchestrator.logs(deployment, dead[0])})")
+            raise RunFailedError(describe_exit(dead[0], orchestrator.logs(deployment, dead[0])))
         if time.monotonic() > deadline:
             raise RunFailedError(
                 f"round {state.rounds_completed + 1} did not finish within {cfg.round_timeout_s:.0f}s "

@@ -36,6 +36,14 @@ def refusal_reason(log_path: Path) -> str | None:
     return None
 
 
+def describe_exit(name: str, log_path: Path) -> str:
+    """One line for a component that ended mid-run: Flower's refusal reason when its SuperLink refused it."""
+    why = refusal_reason(log_path)
+    if why:
+        return f"{name} was refused by its SuperLink: {why} (log: {log_path})"
+    return f"{name} exited unexpectedly (log: {log_path})"
+
+
 class LinkSecurity:
     """One run's Flower link security: a CA per run, a server certificate per SuperLink, a registered key pair
     per SuperNode. With plan.insecure, every component gets `--insecure` and nothing else."""

@@ -75,3 +75,19 @@ def test_insecure_is_refused_off_loopback_unless_allowed() -> None:
     with pytest.raises(ConfigError, match="10.0.0.5.*--allow-insecure-network"):
         refuse_insecure_network(["127.0.0.1", "10.0.0.5"], allow_insecure_network=False)
     refuse_insecure_network(["10.0.0.5"], allow_insecure_network=True)
+
+
+def test_a_refused_supernodes_log_gives_flowers_reason(tmp_path: Path) -> None:
+    from flops.orchestrators.link_security import describe_exit, refusal_reason
+
+    # As flower-supernode 1.42 writes it (exit code 305), colour codes included.
+    log = tmp_path / "learner-1.log"
+    log.write_text("\x1b[91mERROR \x1b[0m:     Exit Code: 305\nFailed to initialize the connection to the SuperLink.\n"
+                   "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local issuer certificate\n")
+    assert refusal_reason(log).startswith("TLS: the SuperLink's certificate is not signed by the CA it trusts")
+    assert describe_exit("learner-1", log).startswith("learner-1 was refused by its SuperLink: TLS:")
+    log.write_text("Failed to initialize the connection to the SuperLink.\n[code: 2004] Failed to activate SuperNode.\n")
+    assert refusal_reason(log).startswith("SuperNode authentication: its key is not registered")
+    log.write_text("Traceback ...\nValueError: boom\n")
+    assert refusal_reason(log) is None
+    assert describe_exit("learner-1", log) == f"learner-1 exited unexpectedly (log: {log})"
