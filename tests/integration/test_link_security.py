@@ -24,7 +24,7 @@ from flops.credentials import RunAuthority, new_node_key
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-LEARNERS, ROUNDS = 2, 3
+LEARNERS, ROUNDS = 2, 2
 TRAIN_EXAMPLES_PER_LEARNER = 48  # conftest's valid task: 64 generated rows, 48 for training
 ETH_P_ALL = 0x0003
 
