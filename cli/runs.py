@@ -71,6 +71,9 @@ def _report(state: RunState, as_json: bool) -> None:
               help="Constraint for the image's dependencies, e.g. linux/amd64=torch==2.13.0+cpu.")
 @click.option("--tls-verify/--no-tls-verify", default=True, show_default=True, help="TLS to the registry.")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: SQLite store in the work dir).")
+@click.option("--insecure", is_flag=True,
+              help="Plain-text Flower links and no SuperNode authentication (default: TLS with a CA per run).")
+@click.option("--allow-insecure-network", is_flag=True, help="Allow --insecure on addresses other than loopback.")
 @workdir_option
 @json_option
 @click.option("--detach", is_flag=True, help="Return once the run is prepared; follow it with `flops status --wait`.")
@@ -81,8 +84,8 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
                    assignment: str | None, comm_budget: float | None, target_accuracy: float | None,
                    round_timeout: float | None, orchestrator: str, image: str | None, registry: str | None,
                    base_image: str | None, pip_find_links: tuple[str, ...], platform_constraints: tuple[str, ...],
-                   tls_verify: bool, tracking_uri: str | None, workdir: Path,
-                   as_json: bool, detach: bool) -> None:
+                   tls_verify: bool, tracking_uri: str | None, insecure: bool, allow_insecure_network: bool,
+                   workdir: Path, as_json: bool, detach: bool) -> None:
     """Fetch SOURCE (git URL or path), check it, and run it as a federation tracked in MLflow.
 
     The run's controller always runs detached from this shell: killing this command does not stop
@@ -111,9 +114,12 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
         options = ImageOptions.checked(registry=registry, base_image=base_image, pip_find_links=list(pip_find_links),
                                        platform_constraints=list(platform_constraints), tls_verify=tls_verify)
         build_image = functools.partial(_run_image, options=options)
+    if insecure:
+        click.echo("warning: --insecure: Flower links are plain text and any SuperNode may join", err=True)
     progress = make_progress()
     plan = prepare_run(source, ref, config, workdir, orchestrator, tracking_uri or default_tracking_uri(workdir),
-                       progress, topology_file, image, build_image)
+                       progress, topology_file, image, build_image, insecure=insecure,
+                       allow_insecure_network=allow_insecure_network)
     for cluster in plan.clusters:
         click.echo(f"cluster {cluster.name}: {', '.join(l.name for l in cluster.learners)}", err=True)
     if detach:

@@ -13,6 +13,7 @@ from flops.errors import BadInputError, DeployError, FlopsError, RunFailedError
 from flops.flower_control import FlowerControl
 from flops.flower_run_config import root_overrides
 from flops.orchestrators import get_orchestrator
+from flops.orchestrators.link_security import describe_exit, refusal_reason, refuse_intruders
 from flops.plan import RunPlan
 from flops.preparation import Progress, StopRequested, SilentProgress, raise_stop
 from flops.run_events import (
@@ -129,7 +130,7 @@ def _close_tracking(tracker: Tracker, state: RunState, status: str, message: str
 
 def _train(plan: RunPlan, state: RunState, orchestrator: Any, deployment: Any, tracker: Tracker,
            progress: Progress, resume: bool) -> None:
-    control = FlowerControl(deployment.control_address)
+    control = FlowerControl(deployment.control_address, deployment.ca_cert)
     overrides = root_overrides(plan)
     tail = EventTail(plan.events_path)
     if resume:
@@ -193,6 +194,7 @@ def _monitor(plan: RunPlan, state: RunState, orchestrator: Any, deployment: Any,
 
     while True:
         follow()
+        refuse_intruders(control, deployment.node_ids)
         flower = control.run_status(state.flower_run_id)
         if flower.finished:
             follow()  # events written before Flower reported the end: a late `finished` or `failed` counts
@@ -214,6 +216,9 @@ def _restart_dead(plan: RunPlan, state: RunState, orchestrator: Any, deployment:
     for name, alive in orchestrator.status(deployment).items():
         if alive:
             continue
+        log_path = orchestrator.logs(deployment, name)
+        if refusal_reason(log_path):  # refused by its SuperLink (key, CA): restarting would be refused again
+            raise RunFailedError(describe_exit(name, log_path))
         if name == "superlink":
             raise RunFailedError(
                 f"the root SuperLink died (log: {orchestrator.logs(deployment, name)}); rounds done are kept in "

@@ -10,7 +10,13 @@ from flwr.cli.build import build_fab_from_disk
 from flwr.common.constant import Status, SubStatus
 from flwr.common.serde import fab_to_proto, user_config_to_proto
 from flwr.supercore.fab import Fab
-from flwr.proto.control_pb2 import ListRunsRequest, StartRunRequest, StopRunRequest  # pylint: disable=E0611
+from flwr.proto.control_pb2 import (  # pylint: disable=E0611
+    ListNodesRequest,
+    ListRunsRequest,
+    RegisterNodeRequest,
+    StartRunRequest,
+    StopRunRequest,
+)
 from flwr.supercore.control import ControlHttpClient
 from flwr.supercore.interceptors.http.runtime_version import RuntimeVersionHttpInterceptor
 
@@ -33,16 +39,26 @@ class FlowerRunStatus:
 
 
 class FlowerControl:
-    """A small client of one SuperLink's Control API."""
+    """A small client of one SuperLink's Control API: over TLS, trusting only the run's CA, unless
+    ca_cert is None (an `--insecure` run)."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, ca_cert: Path | str | None = None) -> None:
         self.address = address
         self._client = ControlHttpClient.from_server_address(
             server_address=address,
-            insecure=True,  # loopback only; a remote SuperLink gets TLS through its own adapter
-            root_certificates=None,
+            insecure=ca_cert is None,
+            # Bytes, not a path: Flower then builds a context that trusts this CA alone, not the system's.
+            root_certificates=Path(ca_cert).read_bytes() if ca_cert is not None else None,
             interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")],
         )
+
+    def register_node(self, public_key_pem: bytes, name: str) -> int:
+        """Register a SuperNode's public key (what `flwr supernode register` does); returns its node id."""
+        try:
+            response = self._client.RegisterNode(RegisterNodeRequest(public_key=public_key_pem, name=name))
+        except Exception as exc:  # the client raises transport and protocol errors of several types
+            raise DeployError(f"SuperLink at {self.address} refused to register {name}: {exc}") from exc
+        return int(response.node_id)
 
     def start_run(self, app_dir: Path, overrides: dict[str, str | int | float | bool]) -> int:
         """Build the app's FAB and start it; returns Flower's run id."""
@@ -56,6 +72,10 @@ class FlowerControl:
         if not response.HasField("run_id"):
             raise DeployError(f"SuperLink at {self.address} did not start the run")
         return int(response.run_id)
+
+    def list_nodes(self) -> list:
+        """The SuperLink's registered SuperNodes (NodeInfo: node_id, name, status, ...)."""
+        return list(self._client.ListNodes(ListNodesRequest()).nodes_info)
 
     def run_status(self, run_id: int) -> FlowerRunStatus:
         run = self._client.ListRuns(ListRunsRequest(run_id=run_id)).run_dict[run_id]

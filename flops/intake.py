@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from flops.errors import IntakeError
 from flops.filelock import locked
+from flops.redaction import git_credentials
 
 # Never let git wait for a human: no password prompt, no ssh host-key question, bounded connect time.
 GIT_ENV = {
@@ -71,8 +72,8 @@ def fetch_source(source: str, ref: str | None, cache_dir: Path, timeout_s: float
     """Resolve SOURCE (git URL or local path) and REF to a commit and export its tree under cache_dir."""
     cache_dir = Path(cache_dir).resolve()
     if is_remote(source):
-        url = source
-        repo = _mirror(url, ref, cache_dir / "repos", timeout_s)
+        url, secret_env = git_credentials(source)  # url: without user:token, recorded everywhere downstream
+        repo = _mirror(url, ref, cache_dir / "repos", timeout_s, secret_env)
         dirty, subdir = False, ""
     else:
         url = str(Path(source).expanduser().resolve())
@@ -122,26 +123,26 @@ def _open_local(path: str) -> git.Repo:
         raise IntakeError(f"not a git repository: {path} (run `git init` and commit, or pass a git URL)") from None
 
 
-def _mirror(url: str, ref: str | None, repos_dir: Path, timeout_s: float) -> git.Repo:
+def _mirror(url: str, ref: str | None, repos_dir: Path, timeout_s: float, env: dict[str, str]) -> git.Repo:
     """A bare mirror of URL in the cache: cloned on first use, fetched afterwards."""
     dest = repos_dir / hashlib.sha256(url.encode()).hexdigest()
     repos_dir.mkdir(parents=True, exist_ok=True)
     with locked(dest.with_suffix(".lock")):
         if not (dest / "HEAD").exists():
-            _clone(url, dest, timeout_s)
+            _clone(url, dest, timeout_s, env)
             return git.Repo(dest)
         repo = git.Repo(dest)
         if ref is not None and _FULL_SHA.match(ref) and _has_commit(repo, ref):
             return repo  # a commit never changes: no need to ask the remote
-        _git(repo.git, "fetch", url, timeout_s, "fetch", "--prune", "--tags", "origin")
+        _git(repo.git, "fetch", url, timeout_s, "fetch", "--prune", "--tags", "origin", env=env)
         return repo
 
 
-def _clone(url: str, dest: Path, timeout_s: float) -> None:
+def _clone(url: str, dest: Path, timeout_s: float, env: dict[str, str]) -> None:
     # Clone beside the final place and rename, so an interrupted clone never looks like a cache entry.
     tmp = Path(tempfile.mkdtemp(prefix=".clone-", dir=dest.parent))
     try:
-        _git(git.Git(str(dest.parent)), "clone", url, timeout_s, "clone", "--mirror", "--", url, str(tmp))
+        _git(git.Git(str(dest.parent)), "clone", url, timeout_s, "clone", "--mirror", "--", url, str(tmp), env=env)
         os.replace(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -155,10 +156,10 @@ def _has_commit(repo: git.Repo, sha: str) -> bool:
         return False
 
 
-def _git(runner: git.Git, action: str, url: str, timeout_s: float, *args: str) -> str:
+def _git(runner: git.Git, action: str, url: str, timeout_s: float, *args: str, env: dict[str, str] | None = None) -> str:
     """Run one network git command without prompts and with a deadline; map failures to IntakeError."""
     try:
-        return runner.execute(["git", *args], env=GIT_ENV, kill_after_timeout=timeout_s)
+        return runner.execute(["git", *args], env={**GIT_ENV, **(env or {})}, kill_after_timeout=timeout_s)
     except git.GitCommandError as exc:
         raise IntakeError(describe_git_failure(action, url, _stderr_of(exc), timeout_s)) from None
 

@@ -54,6 +54,7 @@ class RunPlan(BaseModel):
     topology: Topology | None = None  # as assigned; drawn into MLflow
     task_module: str  # import name of the user's task module inside the app's user/ folder
     dependencies: list[str]
+    insecure: bool = False  # --insecure: plain-text Flower links, no SuperNode authentication
 
     @property
     def hierarchical(self) -> bool:

@@ -23,6 +23,7 @@ from flops.dependencies import read_declared_dependencies
 from flops.environment import ensure_run_env, lock_file
 from flops.errors import BadInputError, ConfigError, ContractError, FlopsError
 from flops.intake import Source, fetch_source
+from flops.credentials import LOOPBACK_NAMES, refuse_insecure_network
 from flops.orchestrators import orchestrator_class
 from flops.plan import RunPlan, new_run_id, plan_clusters
 from flops.runstate import RunState, runs_dir
@@ -69,6 +70,7 @@ def prepare_run(
     source: str, ref: str | None, config: RunConfig, workdir: Path, orchestrator: str,
     tracking_uri: str, progress: Progress | None = None, topology_file: Path | None = None,
     image: str | None = None, build_image: Callable[[RunPlan], str] | None = None,
+    insecure: bool = False, allow_insecure_network: bool = False,
 ) -> RunPlan:
     """Everything that can reject bad input, before anything starts. Raises BadInputError subclasses.
 
@@ -78,6 +80,8 @@ def prepare_run(
     progress = progress or SilentProgress()
     workdir = workdir.resolve()
     orchestrator_class(orchestrator)  # an unknown name fails here, before any work
+    if insecure:  # every orchestrator binds loopback today; topology hosts will add theirs here
+        refuse_insecure_network(list(LOOPBACK_NAMES), allow_insecure_network)
     topology = _topology(config, topology_file)
     if topology.is_flat and config.hierarchy_options_given():
         given = ", ".join(f"{name} = {getattr(config, name)}" for name in config.hierarchy_options_given())
@@ -89,6 +93,7 @@ def prepare_run(
     state = RunState(run_id=run_id, run_dir=run_dir, rounds=config.rounds, tracking_uri=tracking_uri,
                      started_at=time.time(), controller_pid=os.getpid())
     (run_dir / "logs").mkdir(parents=True)
+    run_dir.chmod(0o700)  # keys, logs and the plan are the operator's alone
     previous = signal.signal(signal.SIGTERM, raise_stop)  # `flops stop` while fetching or installing
     try:
         plan = _prepare(source, ref, config, topology, workdir, orchestrator, tracking_uri, state, progress)
@@ -97,6 +102,7 @@ def prepare_run(
         elif build_image is not None:
             progress.phase(state.update(phase="building image"))
             plan = plan.model_copy(update={"image": build_image(plan)})
+        plan = plan.model_copy(update={"insecure": insecure})
         plan.save()
         return plan
     except (StopRequested, KeyboardInterrupt):

@@ -7,6 +7,7 @@ from typing import Any
 
 from flops import __version__ as flops_version
 from flops_templates import render
+from flops.redaction import redact_url
 from image_builder.commands import DEPS_DIR
 from image_builder.spec import BuildSpec
 
@@ -42,7 +43,7 @@ def runtime_files(workdir: str = APP_WORKDIR) -> dict[str, str]:
 def oci_labels(source_url: str | None, commit: str | None) -> dict[str, str]:
     labels = {}
     if source_url:
-        labels["org.opencontainers.image.source"] = source_url
+        labels["org.opencontainers.image.source"] = redact_url(source_url)  # labels are public to any puller
     if commit:
         labels["org.opencontainers.image.revision"] = commit
     return labels

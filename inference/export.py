@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from flops.redaction import redact_url
+
 from inference.bundle import (
     CODE_DIR,
     SUPPORTED_DTYPES,
@@ -217,7 +219,7 @@ def _provenance(model_uri: str, mlmodel: dict[str, Any], tracking_uri: str | Non
                 found["model_name"], found["model_version"] = matching[0].name, str(matching[0].version)
         if run_id:
             data = client.get_run(run_id).data
-            found["source_url"] = data.params.get("source_url") or data.tags.get("source_url")
+            found["source_url"] = redact_url(data.params.get("source_url") or data.tags.get("source_url") or "") or None
             found["source_commit"] = data.params.get("commit") or data.tags.get("commit")
     except MlflowException as exc:
         raise BundleError(f"{model_uri}: cannot read the model's run or registry entry: {_first_line(exc)}") from None

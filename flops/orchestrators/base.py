@@ -13,6 +13,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel
 
 from flops.errors import DeployError
+from flops.orchestrators.link_security import LinkSecurity
 from flops.plan import LearnerSpec, RunPlan
 
 ComponentRole = Literal["superlink", "root-aggregator", "cluster-aggregator", "learner"]
@@ -37,6 +38,8 @@ class Deployment(BaseModel):
     orchestrator: str
     run_id: str
     control_address: str  # host:port of the root SuperLink's Control API
+    ca_cert: Path | None = None  # the run's CA, to reach the Control API over TLS; None: an --insecure run
+    node_ids: dict[str, int] = {}  # SuperNodes FLOps registered with the root SuperLink: name -> Flower node id
     components: list[ComponentRecord] = []
 
 
@@ -87,10 +90,14 @@ class Orchestrator(ABC):
 
         Flat: the learners join the root SuperLink. Hierarchical: per cluster a SuperLink with its
         learners, plus the cluster's aggregator as a SuperNode of the root. On any failure, stop all.
+        Every link is TLS with the run's CA and every SuperNode's key is registered before it starts,
+        unless the plan is --insecure.
         """
         self._before_deploy(plan)
         (plan.run_dir / "flwr_home").mkdir(parents=True, exist_ok=True)
-        deployment = Deployment(orchestrator=self.name, run_id=plan.run_id, control_address="")
+        self.security = LinkSecurity(plan)
+        deployment = Deployment(orchestrator=self.name, run_id=plan.run_id, control_address="",
+                                ca_cert=self.security.ca_cert)
         try:
             root, root_port = self._start_superlink(plan, "superlink", "root-aggregator")
             deployment.components.append(root)
@@ -109,8 +116,14 @@ class Orchestrator(ABC):
                     "cluster-dir": str(plan.cluster_dir(cluster)), "app-dir": str(plan.app_dir),
                     # "id=name,..." not JSON: Flower's --node-config parser cuts values at inner quotes.
                     "cluster-members": ",".join(f"{l.partition_id}={l.name}" for l in cluster.learners),
+                    "cluster-superlink-ca": str(self.security.ca_cert or ""),
                 }))
             self._after_supernodes_started(plan)
+            records = {c.name: c for c in deployment.components}
+            self.security.wait_until_online(plan.config.startup_timeout_s,
+                                            lambda name: self._exit_reason(records[name]),
+                                            lambda name: records[name].log_path)
+            deployment.node_ids = self.security.registered(deployment.control_address)
         except BaseException:
             self.stop(deployment)
             raise
@@ -169,6 +182,9 @@ class Orchestrator(ABC):
     @abstractmethod
     def _restart(self, plan: RunPlan, record: ComponentRecord) -> None:
         """Run a dead component again exactly as it was first started (same argv, ports and identity)."""
+
+    def _exit_reason(self, record: ComponentRecord) -> str | None:
+        """None while the component runs, else why it ended (e.g. "exited with code 1 while starting: ...")."""
 
     @abstractmethod
     def status(self, deployment: Deployment) -> dict[str, bool]:

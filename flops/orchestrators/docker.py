@@ -137,13 +137,15 @@ class DockerOrchestrator(Orchestrator):
         port = free_port()
         record = ComponentRecord(name=name, role=role, log_path=plan.logs_dir / f"{name}.log")
         image_role = "root-aggregator" if role == "root-aggregator" else "cluster-superlink"
-        self._run(plan, record, image_role, ["--host", "127.0.0.1", "--port", str(port)])
+        self._run(plan, record, image_role, [*self.security.superlink_args(name), "--host", "127.0.0.1",
+                                             "--port", str(port)])
         wait_for_port(port, record, plan.config.startup_timeout_s, lambda: self._exit_reason(record))
         return record, port
 
     def _start_supernode(self, plan: RunPlan, record: ComponentRecord, superlink_port: int,
                          node_config: dict[str, str | int]) -> ComponentRecord:
-        args = ["--superlink", f"127.0.0.1:{superlink_port}", "--port", str(free_port()),
+        superlink = f"127.0.0.1:{superlink_port}"
+        args = [*self.security.supernode_args(record.name, superlink), "--superlink", superlink, "--port", str(free_port()),
                 "--node-config", node_config_text(node_config), "--max-retries", "5", "--max-wait-time", "30"]
         return self._run(plan, record, record.role, args)
 

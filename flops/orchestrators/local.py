@@ -145,8 +145,8 @@ class LocalOrchestrator(Orchestrator):
         record = self._spawn(
             plan,
             ComponentRecord(name=name, role=role, log_path=plan.logs_dir / f"{name}.log"),
-            [str(plan.python.parent / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
-             "--host", "127.0.0.1", "--port", str(port)],
+            [str(plan.python.parent / "flower-superlink"), *self.security.superlink_args(name),
+             "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(port)],
         )
         wait_for_port(port, record, plan.config.startup_timeout_s, lambda: self._exit_reason(record))
         return record, port
@@ -155,8 +155,9 @@ class LocalOrchestrator(Orchestrator):
                          node_config: dict[str, str | int]) -> ComponentRecord:
         port = free_port()
         # Bounded reconnects: a SuperNode whose SuperLink is gone exits instead of retrying forever.
-        argv = [str(plan.python.parent / "flower-supernode"), "--insecure",
-                "--superlink", f"127.0.0.1:{superlink_port}", "--port", str(port),
+        superlink = f"127.0.0.1:{superlink_port}"
+        argv = [str(plan.python.parent / "flower-supernode"), *self.security.supernode_args(record.name, superlink),
+                "--superlink", superlink, "--port", str(port),
                 "--node-config", node_config_text(node_config), "--max-retries", "5", "--max-wait-time", "30"]
         if os.environ.get(COLD_LEARNERS_ENV) != "1":
             # One component, one process group: the launcher runs the SuperNode and the run's warm worker.

@@ -15,7 +15,7 @@ from flops.app_image import app_requirements
 from flops.config import RunConfig
 from flops.errors import DeployError
 from flops.flower_control import FlowerControl
-from flops.orchestrators.docker import RUN_LABEL, DockerOrchestrator
+from flops.orchestrators.docker import COMPONENT_LABEL, RUN_LABEL, DockerOrchestrator
 from flops.plan import LearnerSpec, RunPlan
 from flops.preparation import augment_source
 from flops.workdir import cache_dir
@@ -75,7 +75,11 @@ def test_a_flat_federation_trains_in_containers_and_stop_removes_them(
         containers = labelled(plan.run_id)
         assert len(containers) == 3
         assert all(c.attrs["HostConfig"]["NetworkMode"] == "host" for c in containers)
-        control = FlowerControl(deployment.control_address)
+        # TLS and SuperNode authentication in containers too: the flags come from the orchestrator.
+        commands = {c.labels[COMPONENT_LABEL]: c.attrs["Config"]["Cmd"] for c in containers}
+        assert "--enable-supernode-auth" in commands["superlink"] and "--insecure" not in commands["superlink"]
+        assert "--auth-supernode-private-key" in commands["learner-0"]
+        control = FlowerControl(deployment.control_address, deployment.ca_cert)
         try:
             flower_run = control.start_run(plan.app_dir, {**root_overrides(plan), "num-server-rounds": 1})
             deadline = time.monotonic() + 600

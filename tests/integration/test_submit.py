@@ -1,11 +1,15 @@
 """The example end to end: `flops submit` of examples/digits-cnn runs a real federation tracked in MLflow.
 
 One expensive run per session (the `example_run` fixture); every test below asserts one behaviour of it.
+The run is the default one: TLS with a CA of its own and authenticated SuperNodes, its source fetched from an
+HTTP URL that carries user:token (the server refuses any other).
 """
 
 from __future__ import annotations
 
 import json
+import stat
+import subprocess
 from importlib.metadata import version
 from pathlib import Path
 
@@ -14,21 +18,26 @@ import numpy as np
 import pytest
 
 from conftest import SubmittedRun, assert_no_process_left, run_flops, run_git, run_state, wait_for
+from git_http import serve_repo
 
 pytestmark = pytest.mark.slow
 
 ROUNDS = 3
 LEARNERS = 3
+TOKEN = "tok-3x4mpl3-n0t-to-be-kept"
+SERVED_URL: list[str] = []  # the source URL without its credentials, once example_run has served it
 
 
 @pytest.fixture(scope="module")
 def example_run(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> SubmittedRun:
     workdir = tmp_path_factory.mktemp("example-work")
-    result = run_flops(
-        "submit", example_repo.as_uri(), "--learners", str(LEARNERS), "--rounds", str(ROUNDS),
-        "--workdir", str(workdir), "--json", timeout_s=1800,  # the shared CI machine can be slow; no timing asserted
-    )
+    with serve_repo(example_repo, tmp_path_factory.mktemp("served"), "alice", TOKEN) as url:
+        result = run_flops(
+            "submit", url, "--learners", str(LEARNERS), "--rounds", str(ROUNDS), "--workdir", str(workdir), "--json",
+            timeout_s=1800,  # the shared CI machine can be slow; no timing asserted
+        )
     assert result.returncode == 0, result.output
+    SERVED_URL.append(url.replace(f"alice:{TOKEN}@", ""))  # what every record must say instead
     return SubmittedRun(workdir, result, result.last_json(), repo=example_repo)
 
 
@@ -39,7 +48,7 @@ def test_example_finishes_with_a_json_summary(example_run: SubmittedRun) -> None
     assert summary["final_metrics"]["accuracy"] >= 0.85, summary
     assert summary["bytes_to_root"] > 0
     assert summary["model_uri"] and summary["mlflow_run_id"]
-    assert summary["source_url"] == example_run.repo.as_uri()
+    assert summary["source_url"] == SERVED_URL[0]
 
 
 def test_example_prints_no_traceback(example_run: SubmittedRun) -> None:
@@ -62,7 +71,7 @@ def test_mlflow_run_is_finished_and_pinned_to_the_repos_head(example_run: Submit
     params = run.data.params
     head = run_git(example_run.repo, "rev-parse", "HEAD")
     assert params["commit"] == head == example_run.summary["commit"]
-    assert params["source_url"] == example_run.repo.as_uri()
+    assert params["source_url"] == SERVED_URL[0]
     assert (params["rounds"], params["learners"]) == (str(ROUNDS), str(LEARNERS))
     assert params["flwr_version"] == version("flwr")
 
@@ -196,3 +205,31 @@ def test_second_submit_of_the_same_repo_reuses_the_cached_environment(example_ru
         stopped = run_flops("stop", run_id, "--workdir", str(example_run.workdir))
         assert stopped.returncode == 0, stopped.output
         assert_no_process_left(run_id)
+
+
+def test_the_sources_token_is_recorded_nowhere(example_run: SubmittedRun) -> None:
+    # The work dir holds run state, plan, generated app, logs, the MLflow store and its artifacts.
+    found = subprocess.run(["grep", "-r", "-a", "-l", TOKEN, str(example_run.workdir)], capture_output=True, text=True)
+    assert found.returncode == 1 and not found.stdout, found.stdout
+    assert TOKEN not in example_run.result.output
+    experiment = example_run.client.get_experiment(example_run.client.get_run(example_run.mlflow_run_id).info.experiment_id)
+    assert experiment.name == SERVED_URL[0]
+
+
+def test_links_are_tls_with_authenticated_supernodes_and_keys_stay_private(example_run: SubmittedRun) -> None:
+    run_dir = Path(example_run.summary["run_dir"])
+    superlink_log = (run_dir / "logs" / "superlink.log").read_text()
+    assert "running on https://127.0.0.1" in superlink_log
+    assert "SuperNode authentication is disabled" not in superlink_log
+    for learner in range(LEARNERS):
+        log = (run_dir / "logs" / f"learner-{learner}.log").read_text()
+        assert "--insecure" not in log and "insecure channel" not in log
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+    keys = sorted(run_dir.glob("credentials/*/*.key"))
+    assert [k.parent.name for k in keys] == [*(f"learner-{i}" for i in range(LEARNERS)), "superlink"]
+    assert all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in keys)
+    # No private key material in the MLflow store, its artifacts or the --json output.
+    found = subprocess.run(["grep", "-r", "-a", "-l", "PRIVATE KEY", str(example_run.workdir)],
+                           capture_output=True, text=True).stdout.split()
+    assert sorted(Path(p) for p in found) == keys
+    assert "PRIVATE KEY" not in example_run.result.output

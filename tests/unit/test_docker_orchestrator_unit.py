@@ -8,6 +8,7 @@ from typing import Any
 
 from flops.config import RunConfig
 from flops.orchestrators.docker import COMPONENT_LABEL, RUN_LABEL, DockerOrchestrator, node_config_text
+from flops.orchestrators.link_security import LinkSecurity
 from flops.plan import LearnerSpec, RunPlan
 
 
@@ -25,7 +26,7 @@ def plan(tmp_path: Path, app_dir: Path) -> RunPlan:
         run_id="r1", run_dir=tmp_path / "run", source_url="s", source_ref=None, commit="0" * 40, source_name="s",
         app_dir=app_dir, python=Path("/usr/bin/python3"), config=RunConfig(learners=1), orchestrator="docker",
         tracking_uri="", task_module="task", dependencies=[],
-        learners=[LearnerSpec(name="learner-0", partition_id=0, num_partitions=1)],
+        learners=[LearnerSpec(name="learner-0", partition_id=0, num_partitions=1)], insecure=True,
     )
 
 
@@ -37,10 +38,11 @@ def test_a_learner_container_runs_the_image_role_on_the_host_network_with_run_la
     fake = FakeContainers()
     orchestrator = DockerOrchestrator(image="reg/app@sha256:1", client=SimpleNamespace(containers=fake))
     p = plan(tmp_path, tmp_path / "elsewhere" / "app")
+    orchestrator.security = LinkSecurity(p)  # deploy() sets it; an --insecure plan needs no SuperLink to register
     record = orchestrator._start_learners(p, p.learners, 9000)[0]  # noqa: SLF001
     started = fake.started[0]
     assert started["image"] == "reg/app@sha256:1" and record.container_id == "c1"
-    assert started["command"][0] == "learner"
+    assert started["command"][:2] == ["learner", "--insecure"]
     assert started["command"][started["command"].index("--superlink") + 1] == "127.0.0.1:9000"
     assert started["network_mode"] == "host" and started["detach"] is True
     assert started["labels"] == {RUN_LABEL: "r1", COMPONENT_LABEL: "learner-0"}

@@ -35,7 +35,7 @@ def train(msg: Message, context: Context) -> Message:
     work.save_arrays(msg.content["arrays"].to_numpy_ndarrays(), "initial.npz")
     size = int(node["cluster-size"])
     quorum = quorum_size(float(cfg["min-fit-fraction"]), size)
-    control = FlowerControl(str(node["cluster-superlink"]))
+    control = FlowerControl(str(node["cluster-superlink"]), str(node.get("cluster-superlink-ca", "")) or None)
     try:
         run_id = control.start_run(Path(str(node["app-dir"])), {
             "flops-tier": "cluster",
