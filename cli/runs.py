@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -66,6 +67,8 @@ def _report(state: RunState, as_json: bool) -> None:
 @click.option("--platform-constraint", "platform_constraints", multiple=True, metavar="PLATFORM=REQ",
               help="Constraint for the image's dependencies, e.g. linux/amd64=torch==2.13.0+cpu.")
 @click.option("--tls-verify/--no-tls-verify", default=True, show_default=True, help="TLS to the registry.")
+@click.option("--namespace", help="--orchestrator kubernetes: namespace of the run's objects (default: default).")
+@click.option("--kube-context", help="--orchestrator kubernetes: kubeconfig context (default: the current one).")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: SQLite store in the work dir).")
 @workdir_option
 @json_option
@@ -77,8 +80,8 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
                    assignment: str | None, comm_budget: float | None, target_accuracy: float | None,
                    round_timeout: float | None, orchestrator: str, image: str | None, registry: str | None,
                    base_image: str | None, pip_find_links: tuple[str, ...], platform_constraints: tuple[str, ...],
-                   tls_verify: bool, tracking_uri: str | None, workdir: Path,
-                   as_json: bool, detach: bool) -> None:
+                   tls_verify: bool, namespace: str | None, kube_context: str | None, tracking_uri: str | None,
+                   workdir: Path, as_json: bool, detach: bool) -> None:
     """Fetch SOURCE (git URL or path), check it, and run it as a federation tracked in MLflow."""
     from flops.execution import execute_run
     from flops.preparation import prepare_run
@@ -91,6 +94,7 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
         "comm_budget": comm_budget, "target_accuracy": target_accuracy,
     })
     workdir = workdir.resolve()
+    _kube_settings(namespace, kube_context)
     build_options = None
     if orchestrator in NEEDS_IMAGE and not image:
         if not registry:
@@ -120,6 +124,15 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
     state = execute_run(plan, progress)
     _report(state, as_json)
     sys.exit(EXIT_CODES[state.status])
+
+
+def _kube_settings(namespace: str | None, kube_context: str | None) -> None:
+    """The kubernetes orchestrator reads these from the environment (a detached controller inherits it)."""
+    from flops.orchestrators.kubernetes import CONTEXT_ENV, NAMESPACE_ENV
+
+    for variable, value in ((NAMESPACE_ENV, namespace), (CONTEXT_ENV, kube_context)):
+        if value:
+            os.environ[variable] = value
 
 
 def _build_run_image(plan: RunPlan, registry: str, base_image: str | None, pip_find_links: list[str],

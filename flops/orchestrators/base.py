@@ -36,6 +36,7 @@ class Deployment(BaseModel):
     run_id: str
     control_address: str  # host:port of the root SuperLink's Control API
     components: list[ComponentRecord] = []
+    settings: dict[str, str] = {}  # orchestrator-specific, e.g. kubernetes: namespace and context
 
 
 def node_config_text(node_config: dict[str, str | int]) -> str:

@@ -1,0 +1,95 @@
+"""The kubernetes orchestrator's manifests, run for real by `podman kube play` (no Kubernetes API server here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import run_flops, wait_for
+from containers.support import BASE, FIND_LINKS, REGISTRY, require_containers
+from flops.orchestrators.k8s_manifests import COMPONENT_LABEL, RUN_LABEL
+
+pytestmark = pytest.mark.slow
+
+# Debian's podman 4.3 runs pods here with runc and explicit ulimits (crun and the default ulimits do not).
+CONTAINERS_CONF = '[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1000:1000"]\n[engine]\nruntime = "runc"\n'
+
+
+@pytest.fixture
+def podman_conf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    require_containers()
+    conf = tmp_path / "containers.conf"
+    conf.write_text(CONTAINERS_CONF)
+    monkeypatch.setenv("CONTAINERS_CONF", str(conf))  # run_flops passes the environment on
+    return conf
+
+
+def pods_of(run_id: str) -> list[str]:
+    done = subprocess.run(["podman", "pod", "ps", "-q", "--filter", f"label={RUN_LABEL}={run_id}"],
+                          capture_output=True, text=True, check=True)
+    return done.stdout.split()
+
+
+def shape(manifest: Path) -> list[tuple[str, str]]:
+    """Kinds and components of a manifest, in order: what must match between export and submit."""
+    return [(o["kind"], o["metadata"]["labels"][COMPONENT_LABEL]) for o in yaml.safe_load_all(manifest.read_text())]
+
+
+def test_flat_run_reaches_finished_in_podman_pods_and_export_writes_the_same_objects(
+    tiny_task_repo: Path, tmp_path: Path, podman_conf: Path
+) -> None:
+    workdir = tmp_path / "work"
+    submit = run_flops(
+        "submit", tiny_task_repo.as_uri(), "--learners", "2", "--rounds", "2", "--orchestrator", "podman-kube",
+        "--registry", REGISTRY, "--base-image", BASE, "--no-tls-verify",
+        *(f"--pip-find-links={d}" for d in FIND_LINKS), "--platform-constraint", "linux/amd64=torch==2.13.0+cpu",
+        "--workdir", str(workdir), "--json", timeout_s=2400,
+    )
+    assert submit.returncode == 0, submit.output
+    summary = submit.last_json()
+    run_id = summary["run_id"]
+    assert summary["status"] == "FINISHED" and summary["rounds_completed"] == 2, summary
+    assert summary["model_uri"] and summary["final_metrics"]["accuracy"] is not None
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    assert client.get_run(summary["mlflow_run_id"]).info.status == "FINISHED"
+    assert client.search_registered_models(), "the trained model is registered"
+    assert pods_of(run_id) == []  # the run's pods are gone after it finished
+    played = workdir / "runs" / run_id / "kubernetes.yaml"
+    assert [kind for kind, _ in shape(played)] == ["ConfigMap", "Deployment", "Deployment", "Deployment"]
+    # Each component's pod log was kept in the run's log folder before the pods were removed.
+    logs = workdir / "runs" / run_id / "logs"
+    assert "learner-0" in {p.stem for p in logs.glob("*.log")}
+    assert (logs / "superlink.log").read_text().strip()
+
+    # `flops export` of the same run settings: the same objects, which podman plays as they are.
+    image = json.loads((workdir / "runs" / run_id / "plan.json").read_text())["image"]
+    export = run_flops("export", tiny_task_repo.as_uri(), "--orchestrator", "podman-kube", "--image", image,
+                       "--learners", "2", "--rounds", "2", "-o", str(tmp_path / "out"), "--workdir", str(workdir),
+                       "--json")
+    assert export.returncode == 0, export.output
+    exported = Path(export.last_json()["manifests"])
+    exported_run = export.last_json()["run_id"]
+    assert shape(exported) == shape(played)
+    try:
+        subprocess.run(["podman", "kube", "play", "--tls-verify=false", str(exported)], check=True,
+                       capture_output=True, text=True)
+        assert len(pods_of(exported_run)) == 3
+        # The root SuperLink of the exported run comes up and listens on the port its manifest names.
+        root = next(o for o in yaml.safe_load_all(exported.read_text())
+                    if o["kind"] == "Deployment" and o["metadata"]["labels"][COMPONENT_LABEL] == "superlink")
+        port = root["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+        from flops.orchestrators.base import port_open
+
+        wait_for(lambda: port_open(port), 120, f"the exported root SuperLink on port {port}")
+    finally:
+        subprocess.run(["podman", "kube", "down", str(exported)], capture_output=True)
+        leftover = pods_of(exported_run)
+        if leftover:
+            subprocess.run(["podman", "pod", "rm", "-f", *leftover], capture_output=True)
+    assert pods_of(exported_run) == []
