@@ -165,9 +165,9 @@ class ManifestBuilder:
     # --- objects ---
 
     def objects(self) -> list[dict[str, Any]]:
-        """Every object of the run, in the order they are created: ConfigMap, Secrets, Services, Deployments."""
+        """Every object of the run, in the order they are created: ConfigMaps, Secrets, Services, Deployments."""
         components = self.components()
-        objects: list[dict[str, Any]] = [self.config_map()]
+        objects: list[dict[str, Any]] = self.config_maps()
         objects += [self.secret(c) for c in components if self.options.credentials.get(c.name)]
         if not self.options.host_network:
             objects += [self.service(c) for c in components if c.superlink]
@@ -178,19 +178,21 @@ class ManifestBuilder:
         return {"name": name, "namespace": self.options.namespace,
                 "labels": labels(self.plan.run_id, component, role)}
 
-    def config_map(self) -> dict[str, Any]:
+    def config_maps(self) -> list[dict[str, Any]]:
+        """The run's environment (envFrom) and its plan and Flower run config (files under /etc/flops/config)."""
         plan = self.plan
-        data = {
-            "plan.json": plan.model_dump_json(indent=2),
-            "run-config.json": json.dumps(root_overrides(plan), indent=2, sort_keys=True),
+        env = {
             "FLWR_HOME": str(plan.run_dir / "flwr_home"),
             "FLOPS_RUN_ID": plan.run_id,
             "PYTHONUNBUFFERED": "1",
             # Flower's SuperExec looks for tasks once a second by default: latency at each hop of a round.
             "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
         }
-        return {"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": self._metadata(object_name(plan.run_id, "config"), "config", "config"), "data": data}
+        files = {"plan.json": plan.model_dump_json(indent=2),
+                 "run-config.json": json.dumps(root_overrides(plan), indent=2, sort_keys=True)}
+        return [{"apiVersion": "v1", "kind": "ConfigMap",
+                 "metadata": self._metadata(object_name(plan.run_id, part), part, "config"), "data": data}
+                for part, data in (("env", env), ("config", files))]
 
     def secret(self, component: Component) -> dict[str, Any]:
         files = self.options.credentials[component.name]
@@ -232,7 +234,7 @@ class ManifestBuilder:
             "name": "flower", "image": self.options.image, "imagePullPolicy": "IfNotPresent",
             "args": [component.role, *component.args, *self._credential_args(component)],
             "workingDir": str(plan.run_dir),
-            "envFrom": [{"configMapRef": {"name": object_name(plan.run_id, "config")}}],
+            "envFrom": [{"configMapRef": {"name": object_name(plan.run_id, "env")}}],
             "volumeMounts": [{"name": "run-dir", "mountPath": str(plan.run_dir)},
                              {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
         }

@@ -61,7 +61,7 @@ def test_flat_run_reaches_finished_in_podman_pods_and_export_writes_the_same_obj
     assert client.search_registered_models(), "the trained model is registered"
     assert pods_of(run_id) == []  # the run's pods are gone after it finished
     played = workdir / "runs" / run_id / "kubernetes.yaml"
-    assert [kind for kind, _ in shape(played)] == ["ConfigMap", "Deployment", "Deployment", "Deployment"]
+    assert [kind for kind, _ in shape(played)] == ["ConfigMap", "ConfigMap", "Deployment", "Deployment", "Deployment"]
     # Each component's pod log was kept in the run's log folder before the pods were removed.
     logs = workdir / "runs" / run_id / "logs"
     assert "learner-0" in {p.stem for p in logs.glob("*.log")}

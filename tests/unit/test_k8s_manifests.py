@@ -95,7 +95,7 @@ def test_strict_validation_rejects_an_unknown_field(tmp_path: Path) -> None:
 def test_flat_run_is_one_superlink_with_a_service_and_a_deployment_per_learner(tmp_path: Path) -> None:
     plan = make_plan(tmp_path, FLAT)
     objects = objects_of(plan)
-    assert [o["kind"] for o in objects] == ["ConfigMap", "Service", "Deployment", "Deployment", "Deployment"]
+    assert [o["kind"] for o in objects] == ["ConfigMap", "ConfigMap", "Service", "Deployment", "Deployment", "Deployment"]
     services, deployments = by_kind(objects, "Service"), by_kind(objects, "Deployment")
     assert set(services) == {"superlink"} and set(deployments) == {"superlink", "learner-0", "learner-1"}
     root = deployments["superlink"]["spec"]["template"]["spec"]["containers"][0]

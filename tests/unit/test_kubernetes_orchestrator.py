@@ -145,7 +145,7 @@ def test_deploy_creates_every_object_and_controls_the_root_through_its_service(s
     plan.run_dir.mkdir(parents=True)
     deployment = orchestrator_for(server).deploy(plan)
     posts = [path for method, path, _ in server.calls if method == "POST"]
-    assert posts[0] == "/api/v1/namespaces/edge/configmaps"
+    assert posts[:2] == ["/api/v1/namespaces/edge/configmaps"] * 2
     assert posts.count("/api/v1/namespaces/edge/services") == 3
     assert posts.count("/apis/apps/v1/namespaces/edge/deployments") == 9
     root_service = server.objects[("services", f"flops-{RUN_ID}-superlink")]
