@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import run_flops, wait_for
+from conftest import assert_one_line_error, run_flops, wait_for
 from containers.support import BASE, FIND_LINKS, REGISTRY, require_containers
 from flops.orchestrators.k8s_manifests import COMPONENT_LABEL, RUN_LABEL
 
@@ -93,3 +95,42 @@ def test_flat_run_reaches_finished_in_podman_pods_and_export_writes_the_same_obj
         if leftover:
             subprocess.run(["podman", "pod", "rm", "-f", *leftover], capture_output=True)
     assert pods_of(exported_run) == []
+
+
+def test_an_arm64_pinned_learner_carries_the_arch_selector_and_the_image_index_has_arm64(
+    tiny_task_repo: Path, tmp_path: Path
+) -> None:
+    require_containers()
+    from cli.build import app_requirements
+    from image_builder import build_image
+    from image_builder.flower_app import flower_app_spec
+
+    # A two-platform image of the fixture app, built by image_builder (Flower only: no arm64 torch to emulate).
+    app = tmp_path / "app"
+    shutil.copytree(Path(__file__).parent / "containers" / "app", app, ignore=shutil.ignore_patterns("__pycache__"))
+    image = build_image(flower_app_spec(
+        app, name=f"flops-test/k8s-arch-{uuid.uuid4().hex[:8]}", requirements=app_requirements([]),
+        platforms=["linux/amd64", "linux/arm64"], registry=REGISTRY, base_image=BASE, tls_verify=False,
+        pip_find_links=FIND_LINKS)).image
+    index = json.loads(subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{image}"],
+                                      capture_output=True, text=True, check=True).stdout)
+    assert "arm64" in {m["platform"]["architecture"] for m in index["manifests"]}
+
+    def export_pinned(arch: str, out: Path) -> tuple:
+        topology = tmp_path / f"topology-{arch}.yaml"
+        topology.write_text(yaml.safe_dump({"learners": [
+            {"name": "pi-7", "node_selector": {"kubernetes.io/arch": arch}}, {"name": "nuc-1"}]}))
+        return run_flops("export", tiny_task_repo.as_uri(), "--image", image, "--topology", str(topology),
+                         "-o", str(out), "--workdir", str(tmp_path / "work"), "--json", timeout_s=1200)
+
+    pinned = export_pinned("arm64", tmp_path / "arm64")
+    assert pinned.returncode == 0, pinned.output
+    pods = {o["metadata"]["labels"][COMPONENT_LABEL]: o["spec"]["template"]["spec"]
+            for o in yaml.safe_load_all(Path(pinned.last_json()["manifests"]).read_text()) if o["kind"] == "Deployment"}
+    assert pods["pi-7"]["nodeSelector"] == {"kubernetes.io/arch": "arm64"}
+    assert "nodeSelector" not in pods["nuc-1"] and pods["pi-7"]["containers"][0]["image"] == image
+    # An arch the image does not offer is bad input: one line naming the topology field, nothing written.
+    wrong = export_pinned("s390x", tmp_path / "s390x")
+    line = assert_one_line_error(wrong)
+    assert "learners[0].node_selector" in line and "s390x" in line and "arm64" in line
+    assert not (tmp_path / "s390x").exists()

@@ -186,3 +186,25 @@ def test_object_names_are_dns_labels_even_for_long_or_odd_component_names() -> N
     name = object_name(RUN_ID, "Field_Site.with-a-very-long-name-" + "x" * 40)
     assert len(name) <= 63 and name == name.lower() and name[0].isalnum() and name[-1].isalnum()
     assert object_name(RUN_ID, "a" * 80) != object_name(RUN_ID, "a" * 81)  # truncated names stay distinct
+
+
+def test_a_bad_toleration_in_the_topology_file_is_one_line_naming_file_line_and_field(tmp_path: Path) -> None:
+    from flops.errors import ConfigError
+    from flops.topology import load_topology
+
+    path = tmp_path / "fleet.yaml"
+    path.write_text("learners:\n  - name: pi-7\n    tolerations:\n      - {key: edge, operator: Maybe}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_topology(path)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message
+    assert "learners.0.tolerations.0.operator" in message or "tolerations" in message
+
+
+def test_resources_in_the_config_take_kubernetes_quantities_only() -> None:
+    from flops.config import load_config
+    from flops.errors import ConfigError
+
+    assert load_config(None, {"resources.learner.limits.memory": "1Gi"}).resources is not None
+    with pytest.raises(ConfigError, match="resources.learner.limits.memory"):
+        load_config(None, {"resources.learner.limits.memory": "lots"})
