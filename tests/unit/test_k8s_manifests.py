@@ -197,8 +197,8 @@ def test_a_bad_toleration_in_the_topology_file_is_one_line_naming_file_line_and_
     with pytest.raises(ConfigError) as caught:
         load_topology(path)
     message = str(caught.value)
-    assert "\n" not in message and str(path) in message
-    assert "learners.0.tolerations.0.operator" in message or "tolerations" in message
+    assert "\n" not in message
+    assert message.startswith(f"{path}:4: learners[0].tolerations[0].operator: ")
 
 
 def test_resources_in_the_config_take_kubernetes_quantities_only() -> None:
