@@ -189,8 +189,25 @@ def status_command(run_id: str | None, workdir: Path, as_json: bool) -> None:
     click.echo(f"{state.run_id}  {state.status}  phase: {state.phase}  round {state.rounds_completed}/{state.rounds}")
     for key, value in sorted(state.latest_metrics.items()):
         click.echo(f"  {key}: {value:.6g}")
+    for name, pod in _pods_of(state).items():  # kubernetes runs: each component's pod, from the cluster
+        click.echo(f"  {name}: " + (f"{pod.phase}{' ready' if pod.ready else ''}, {pod.restarts} restarts"
+                                    + (f" ({pod.waiting_reason})" if pod.waiting_reason else "") if pod else "no pod"))
     if state.message:
         click.echo(f"  {state.message}")
+
+
+def _kube_orchestrator(state: RunState):  # noqa: ANN202 - a KubernetesOrchestrator, imported late
+    """The orchestrator of a live run whose components are pods (kubernetes, podman-kube), else None."""
+    from flops.orchestrators import EXPORTERS, get_orchestrator
+
+    if state.deployment is None or state.deployment.orchestrator not in EXPORTERS or state.status in EXIT_CODES:
+        return None
+    return get_orchestrator(state.deployment.orchestrator, RunPlan.load(state.run_dir).image)
+
+
+def _pods_of(state: RunState) -> dict:
+    orchestrator = _kube_orchestrator(state)
+    return orchestrator.describe(state.deployment) if orchestrator is not None else {}
 
 
 @click.command("list")
@@ -219,6 +236,9 @@ def logs_command(run_id: str, component: str, follow: bool, workdir: Path) -> No
     """Print a component's log."""
     state = load_state(workdir, run_id)
     path = state.run_dir / "logs" / f"{component}.log"
+    orchestrator = _kube_orchestrator(state)
+    if orchestrator is not None and component in {c.name for c in state.deployment.components}:
+        orchestrator.logs(state.deployment, component)  # the pod's log, read from the cluster into path
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in (state.run_dir / "logs").glob("*.log")))
         raise BadInputError(f"no log for component '{component}' in run {run_id} (have: {known})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,8 @@ class KubernetesOrchestrator(Orchestrator):
     # --- manifests: the one code path behind `submit` and `export` ---
 
     def manifests(self, plan: RunPlan, ports: dict[str, int] | None = None) -> ManifestBuilder:
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", self.namespace):
+            raise ConfigError(f"--namespace '{self.namespace}': a namespace is a DNS label (lowercase letters, digits, '-')")
         image = self.image or plan.image
         if not image:
             raise ConfigError(f"--orchestrator {self.name} runs a FLOps image: pass --image, or --registry to build one")

@@ -49,11 +49,23 @@ def test_flat_run_reaches_finished_in_podman_pods_and_export_writes_the_same_obj
         "submit", tiny_task_repo.as_uri(), "--learners", "2", "--rounds", "2", "--orchestrator", "podman-kube",
         "--registry", REGISTRY, "--base-image", BASE, "--no-tls-verify",
         *(f"--pip-find-links={d}" for d in FIND_LINKS), "--platform-constraint", "linux/amd64=torch==2.13.0+cpu",
-        "--workdir", str(workdir), "--json", timeout_s=2400,
+        "--workdir", str(workdir), "--json", "--detach", timeout_s=2400,
     )
     assert submit.returncode == 0, submit.output
-    summary = submit.last_json()
-    run_id = summary["run_id"]
+    run_id = submit.last_json()["run_id"]
+
+    def status() -> dict:
+        return run_flops("status", run_id, "--workdir", str(workdir), "--json").last_json()
+
+    # While it trains, `flops status` and `flops logs` read the pods through the same orchestrator.
+    ended = ("FINISHED", "FAILED", "STOPPED")
+    wait_for(lambda: status()["phase"] == "training" or status()["status"] in ended, 900, "the run to train")
+    shown = run_flops("status", run_id, "--workdir", str(workdir))
+    assert "RUNNING" in shown.stdout and "learner-1: Running ready" in shown.stdout, shown.output
+    log = run_flops("logs", run_id, "--component", "superlink", "--workdir", str(workdir))
+    assert log.returncode == 0 and log.stdout.strip(), log.output
+    wait_for(lambda: status()["status"] in ended, 1800, "the run to end", interval_s=2)
+    summary = status()
     assert summary["status"] == "FINISHED" and summary["rounds_completed"] == 2, summary
     assert summary["model_uri"] and summary["final_metrics"]["accuracy"] is not None
     from mlflow.tracking import MlflowClient

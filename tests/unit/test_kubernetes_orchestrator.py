@@ -205,3 +205,12 @@ def test_objects_left_from_an_earlier_attempt_are_patched(server: FakeApiServer,
     orchestrator_for(server).deploy(plan)
     methods = [(m, p) for m, p, _ in server.calls if m in ("POST", "PATCH")]
     assert ("PATCH", f"/apis/apps/v1/namespaces/edge/deployments/flops-{RUN_ID}-learner-0") in methods
+
+
+def test_a_namespace_that_is_not_a_dns_label_is_bad_input_before_any_call(server: FakeApiServer, tmp_path: Path) -> None:
+    from flops.errors import ConfigError
+
+    plan = make_plan(tmp_path, FLAT)
+    with pytest.raises(ConfigError, match="--namespace 'Edge_Lab'"):
+        orchestrator_for(server, namespace="Edge_Lab").deploy(plan)
+    assert server.calls == []
