@@ -242,7 +242,8 @@ class ManifestBuilder:
         # executor (a probe from the kubelet cannot reach it); a SuperNode that fails exits and is restarted.
         if component.superlink:
             probe = {"tcpSocket": {"port": component.port}}
-            container["ports"] = [{"name": "flower", "containerPort": component.port, "protocol": "TCP"}]
+            if not self.options.host_network:  # podman 4.3 refuses port mappings on the host network
+                container["ports"] = [{"name": "flower", "containerPort": component.port, "protocol": "TCP"}]
             container["readinessProbe"] = {**probe, "periodSeconds": 2, "failureThreshold": 3}
             container["livenessProbe"] = {**probe, "initialDelaySeconds": 10, "periodSeconds": 10, "failureThreshold": 6}
         resources = self._resources(component)

@@ -97,7 +97,7 @@ def test_flat_run_reaches_finished_in_podman_pods_and_export_writes_the_same_obj
         # The root SuperLink of the exported run comes up and listens on the port its manifest names.
         root = next(o for o in yaml.safe_load_all(exported.read_text())
                     if o["kind"] == "Deployment" and o["metadata"]["labels"][COMPONENT_LABEL] == "superlink")
-        port = root["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+        port = root["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["tcpSocket"]["port"]
         from flops.orchestrators.base import port_open
 
         wait_for(lambda: port_open(port), 120, f"the exported root SuperLink on port {port}")
