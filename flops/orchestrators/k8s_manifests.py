@@ -187,6 +187,8 @@ class ManifestBuilder:
             "PYTHONUNBUFFERED": "1",
             # Flower's SuperExec looks for tasks once a second by default: latency at each hop of a round.
             "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
+            # The image holds no bytecode: the first component to import a module compiles it for the others.
+            "PYTHONPYCACHEPREFIX": str(plan.run_dir / "pycache"),
         }
         files = {"plan.json": plan.model_dump_json(indent=2),
                  "run-config.json": json.dumps(root_overrides(plan), indent=2, sort_keys=True)}
@@ -294,9 +296,16 @@ def build_objects(plan: RunPlan, options: ManifestOptions) -> list[dict[str, Any
     return ManifestBuilder(plan, options).objects()
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Writes a shared sub-object (the probes) out twice instead of as a YAML anchor and alias."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def to_yaml(objects: list[dict[str, Any]]) -> str:
     """A multi-document YAML stream for `kubectl apply -f` or `podman kube play`."""
-    return yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False)
+    return yaml.dump_all(objects, Dumper=_PlainDumper, sort_keys=False, default_flow_style=False)
 
 
 def write_manifests(objects: list[dict[str, Any]], path: Path) -> Path:

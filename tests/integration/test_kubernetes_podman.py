@@ -45,8 +45,12 @@ def test_flat_run_reaches_finished_in_podman_pods_and_export_writes_the_same_obj
     tiny_task_repo: Path, tmp_path: Path, podman_conf: Path
 ) -> None:
     workdir = tmp_path / "work"
+    # A container's first start compiles its imports (the image holds no bytecode): slow on a busy machine.
+    config = tmp_path / "flops.yaml"
+    config.write_text("startup_timeout_s: 900\n")
     submit = run_flops(
-        "submit", tiny_task_repo.as_uri(), "--learners", "2", "--rounds", "2", "--orchestrator", "podman-kube",
+        "submit", tiny_task_repo.as_uri(), "--config", str(config), "--learners", "2", "--rounds", "2",
+        "--orchestrator", "podman-kube",
         "--registry", REGISTRY, "--base-image", BASE, "--no-tls-verify",
         *(f"--pip-find-links={d}" for d in FIND_LINKS), "--platform-constraint", "linux/amd64=torch==2.13.0+cpu",
         "--workdir", str(workdir), "--json", "--detach", timeout_s=2400,
