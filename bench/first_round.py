@@ -21,16 +21,19 @@ from pathlib import Path
 from common import FLOPS_CLI, example_repo, fmt, load_average, round_events
 
 
-def first_round(source: str, workdir: Path, orchestrator: str, image: str | None, learners: int) -> tuple[float, float]:
+def first_round(source: str, workdir: Path, orchestrator: str, image: str | None, learners: int,
+                config: str | None = None) -> tuple[float, float]:
     """(seconds to the Flower run starting, seconds to the first round's event) of one submit."""
     argv = [str(FLOPS_CLI), "submit", source, "--workdir", str(workdir), "--json", "--learners", str(learners),
-            "--rounds", "2", "--orchestrator", orchestrator, *(["--image", image] if image else [])]
+            "--rounds", "2", "--orchestrator", orchestrator, *(["--image", image] if image else []),
+            *(["--config", config] if config else [])]
+    before = set(workdir.glob("runs/*"))
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deployed = None
     try:
         while proc.poll() is None:
-            for run_dir in workdir.glob("runs/*"):
+            for run_dir in set(workdir.glob("runs/*")) - before:
                 state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").exists() else {}
                 if deployed is None and state.get("flower_run_id"):
                     deployed = time.perf_counter() - start
@@ -49,16 +52,19 @@ def main() -> None:
     parser.add_argument("--orchestrators", nargs="+", default=["local", "podman-kube"])
     parser.add_argument("--learners", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--config", help="run config file (e.g. a longer startup_timeout_s on a busy machine)")
+    parser.add_argument("--workdir", type=Path, help="work dir to reuse (its cached run environment)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="flops-first-round-") as tmp:
         source = args.source or example_repo(Path(tmp))
-        workdir = Path(tmp) / "work"
-        # One untimed run first: the run environment is cached by its dependencies, as in everyday use.
-        first_round(source, workdir, "local", None, args.learners)
+        workdir = args.workdir or Path(tmp) / "work"
+        if args.workdir is None:  # one untimed run first: the run environment is cached, as in everyday use
+            first_round(source, workdir, "local", None, args.learners, args.config)
         load = load_average()
         for orchestrator in args.orchestrators:
             image = None if orchestrator == "local" else args.image
-            results = [first_round(source, workdir, orchestrator, image, args.learners) for _ in range(args.repeat)]
+            results = [first_round(source, workdir, orchestrator, image, args.learners, args.config)
+                       for _ in range(args.repeat)]
             print(f"{orchestrator}: flower run started {fmt([r[0] for r in results])}, "
                   f"first round {fmt([r[1] for r in results])} (n={args.repeat}, load {load} -> {load_average()})",
                   flush=True)
