@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from typing import Any
 
 from flops.errors import DeployError
@@ -24,6 +25,7 @@ from flops.plan import RunPlan
 PHASES = {"running": "Running", "created": "Pending", "configured": "Pending", "initialized": "Pending",
           "stopping": "Running", "paused": "Running"}
 STOP_TIMEOUT_S = "5"
+LISTING_TTL_S = 2.0
 
 
 def _podman(*args: str) -> str:
@@ -51,6 +53,10 @@ class PodmanKubeOrchestrator(KubernetesOrchestrator):
     name = "podman-kube"
     host_network = True
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._listing: dict[str, tuple[float, list[PodView]]] = {}  # run id -> (when, its containers)
+
     def _ports(self, plan: RunPlan) -> dict[str, int]:
         return component_ports(plan, free_port)
 
@@ -77,6 +83,10 @@ class PodmanKubeOrchestrator(KubernetesOrchestrator):
         wait_for_port(port, record, timeout_s, exit_reason)
 
     def _pods(self, run_id: str) -> list[PodView]:
+        # The controller asks every 0.5 s and a podman call is a heavy process: a listing serves for a while.
+        cached = self._listing.get(run_id)
+        if cached is not None and time.monotonic() - cached[0] < LISTING_TTL_S:
+            return cached[1]
         listed = json.loads(_podman("ps", "-a", "--filter", f"label={run_selector(run_id)}", "--format", "json") or "[]")
         views = []
         for container in listed:
@@ -85,6 +95,7 @@ class PodmanKubeOrchestrator(KubernetesOrchestrator):
             views.append(PodView(component=(container.get("Labels") or {}).get(COMPONENT_LABEL, ""),
                                  name=container["Names"][0], phase=phase, ready=state == "running",
                                  restarts=int(container.get("Restarts") or 0)))
+        self._listing[run_id] = (time.monotonic(), views)
         return views
 
     def _pod_log(self, pod: PodView) -> str:
@@ -94,6 +105,7 @@ class PodmanKubeOrchestrator(KubernetesOrchestrator):
         return done.stdout + done.stderr if done.returncode == 0 else ""
 
     def _delete_all(self, run_id: str) -> None:
+        self._listing.pop(run_id, None)
         pods = _podman("pod", "ps", "-q", "--filter", f"label={run_selector(run_id)}").split()
         if pods:
             _podman("pod", "rm", "-f", "-t", STOP_TIMEOUT_S, *pods)
