@@ -26,6 +26,7 @@ PHASES = {"running": "Running", "created": "Pending", "configured": "Pending", "
           "stopping": "Running", "paused": "Running"}
 STOP_TIMEOUT_S = "5"
 LISTING_TTL_S = 2.0
+STOP_ATTEMPTS = 3
 
 
 def _podman(*args: str) -> str:
@@ -106,9 +107,18 @@ class PodmanKubeOrchestrator(KubernetesOrchestrator):
 
     def _delete_all(self, run_id: str) -> None:
         self._listing.pop(run_id, None)
-        pods = _podman("pod", "ps", "-q", "--filter", f"label={run_selector(run_id)}").split()
-        if pods:
-            _podman("pod", "rm", "-f", "-t", STOP_TIMEOUT_S, *pods)
+        # podman 4.3 can refuse a pod removal while it is still taking the pod's containers down
+        # ("a container that depends on ... still exists"): list again and retry before giving up.
+        for attempt in range(STOP_ATTEMPTS):
+            pods = _podman("pod", "ps", "-q", "--filter", f"label={run_selector(run_id)}").split()
+            if not pods:
+                break
+            try:
+                _podman("pod", "rm", "-f", "-t", STOP_TIMEOUT_S, *pods)
+            except DeployError:
+                if attempt == STOP_ATTEMPTS - 1:
+                    raise
+                time.sleep(2)
         # kube play turns Secret objects into podman secrets, which kube down and pod rm leave behind.
         prefix = object_name(run_id, "")
         for secret in _podman("secret", "ls", "--format", "{{.Name}}").split():
