@@ -41,6 +41,7 @@ def shape(manifest: Path) -> list[tuple[str, str]]:
     return [(o["kind"], o["metadata"]["labels"][COMPONENT_LABEL]) for o in yaml.safe_load_all(manifest.read_text())]
 
 
+@pytest.mark.timeout(3600)  # image build, run environment and a federation in containers on a shared machine
 def test_flat_run_reaches_finished_in_podman_pods_and_export_writes_the_same_objects(
     tiny_task_repo: Path, tmp_path: Path, podman_conf: Path
 ) -> None:
@@ -113,6 +114,7 @@ def test_flat_run_reaches_finished_in_podman_pods_and_export_writes_the_same_obj
     assert pods_of(exported_run) == []
 
 
+@pytest.mark.timeout(2400)  # a two-platform image build
 def test_an_arm64_pinned_learner_carries_the_arch_selector_and_the_image_index_has_arm64(
     tiny_task_repo: Path, tmp_path: Path
 ) -> None:
