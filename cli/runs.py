@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from pathlib import Path
@@ -70,6 +71,8 @@ def _report(state: RunState, as_json: bool) -> None:
 @click.option("--platform-constraint", "platform_constraints", multiple=True, metavar="PLATFORM=REQ",
               help="Constraint for the image's dependencies, e.g. linux/amd64=torch==2.13.0+cpu.")
 @click.option("--tls-verify/--no-tls-verify", default=True, show_default=True, help="TLS to the registry.")
+@click.option("--namespace", help="--orchestrator kubernetes: namespace of the run's objects (default: default).")
+@click.option("--kube-context", help="--orchestrator kubernetes: kubeconfig context (default: the current one).")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: SQLite store in the work dir).")
 @click.option("--insecure", is_flag=True,
               help="Plain-text Flower links and no SuperNode authentication (default: TLS with a CA per run).")
@@ -84,7 +87,8 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
                    assignment: str | None, comm_budget: float | None, target_accuracy: float | None,
                    round_timeout: float | None, orchestrator: str, image: str | None, registry: str | None,
                    base_image: str | None, pip_find_links: tuple[str, ...], platform_constraints: tuple[str, ...],
-                   tls_verify: bool, tracking_uri: str | None, insecure: bool, allow_insecure_network: bool,
+                   tls_verify: bool, namespace: str | None, kube_context: str | None,
+                   tracking_uri: str | None, insecure: bool, allow_insecure_network: bool,
                    workdir: Path, as_json: bool, detach: bool) -> None:
     """Fetch SOURCE (git URL or path), check it, and run it as a federation tracked in MLflow.
 
@@ -108,6 +112,7 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
         raise ConfigError(f"{', '.join(given)}: only for container orchestrators "
                           f"({', '.join(sorted(NEEDS_IMAGE))}); --orchestrator {orchestrator} runs local processes")
     build_image = None
+    _kube_settings(namespace, kube_context)
     if orchestrator in NEEDS_IMAGE and not image:
         if not registry:
             raise ConfigError(f"--orchestrator {orchestrator} runs a FLOps image: pass --image, or --registry to build one")
@@ -137,6 +142,15 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
 
 def _run_image(plan: RunPlan, options: ImageOptions) -> str:
     result = build_run_image(plan, options, progress=ProgressPrinter())
+def _kube_settings(namespace: str | None, kube_context: str | None) -> None:
+    """The kubernetes orchestrator reads these from the environment (a detached controller inherits it)."""
+    from flops.orchestrators.kubernetes import CONTEXT_ENV, NAMESPACE_ENV
+
+    for variable, value in ((NAMESPACE_ENV, namespace), (CONTEXT_ENV, kube_context)):
+        if value:
+            os.environ[variable] = value
+
+
     click.echo(f"image {result.image}{' (cached)' if result.cached else ''}", err=True)
     return result.image
 
@@ -178,10 +192,27 @@ def status_command(run_id: str | None, wait: bool, workdir: Path, as_json: bool)
         click.echo(f"  {key}: {value:.6g}")
     if "central_loss" in state.latest_metrics and "central_accuracy" not in state.latest_metrics:
         click.echo(f"  {NO_ACCURACY}")
+    for name, pod in _pods_of(state).items():  # kubernetes runs: each component's pod, from the cluster
+        click.echo(f"  {name}: " + (f"{pod.phase}{' ready' if pod.ready else ''}, {pod.restarts} restarts"
+                                    + (f" ({pod.waiting_reason})" if pod.waiting_reason else "") if pod else "no pod"))
     if state.message:
         click.echo(f"  {state.message}")
     if wait:
         sys.exit(EXIT_CODES.get(state.status, 0))
+
+
+def _kube_orchestrator(state: RunState):  # noqa: ANN202 - a KubernetesOrchestrator, imported late
+    """The orchestrator of a live run whose components are pods (kubernetes, podman-kube), else None."""
+    from flops.orchestrators import EXPORTERS, get_orchestrator
+
+    if state.deployment is None or state.deployment.orchestrator not in EXPORTERS or state.status in EXIT_CODES:
+        return None
+    return get_orchestrator(state.deployment.orchestrator, RunPlan.load(state.run_dir).image)
+
+
+def _pods_of(state: RunState) -> dict:
+    orchestrator = _kube_orchestrator(state)
+    return orchestrator.describe(state.deployment) if orchestrator is not None else {}
 
 
 @click.command("list")
@@ -210,6 +241,9 @@ def logs_command(run_id: str, component: str, follow: bool, workdir: Path) -> No
     """Print a component's log."""
     state = load_state(workdir, run_id)
     path = state.run_dir / "logs" / f"{component}.log"
+    orchestrator = _kube_orchestrator(state)
+    if orchestrator is not None and component in {c.name for c in state.deployment.components}:
+        orchestrator.logs(state.deployment, component)  # the pod's log, read from the cluster into path
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in (state.run_dir / "logs").glob("*.log")))
         raise BadInputError(f"no log for component '{component}' in run {run_id} (have: {known})")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
@@ -65,6 +65,29 @@ class TrainingConfig(BaseModel):
     device: str = Field("cpu", description="torch device string passed to train() and test().")
 
 
+# Kubernetes resource quantities, e.g. 500m, 2, 1.5, 256Mi, 1G.
+Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")]
+ResourceName = Literal["cpu", "memory", "ephemeral-storage"]
+
+
+class ResourceRequirements(BaseModel):
+    """Requests and limits of one kind of component, in Kubernetes quantities."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: dict[ResourceName, Quantity] = Field(default_factory=dict, description="e.g. {cpu: 500m, memory: 512Mi}")
+    limits: dict[ResourceName, Quantity] = Field(default_factory=dict, description="e.g. {cpu: '2', memory: 2Gi}")
+
+
+class ComponentResources(BaseModel):
+    """Resources per kind of component, for orchestrators that schedule (kubernetes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    learner: ResourceRequirements | None = None
+    aggregator: ResourceRequirements | None = Field(None, description="SuperLinks and cluster aggregators.")
+
+
 class RunConfig(BaseModel):
     """Everything that shapes one federated run; flags on `flops submit` override the file."""
 
@@ -82,6 +105,7 @@ class RunConfig(BaseModel):
     round_timeout_s: float = Field(600.0, gt=0, description="Round deadline: the round closes with the replies it has; learners that did not reply are left out.")
     max_failed_rounds: int = Field(2, ge=1, description="The run fails when this many rounds in a row miss the quorum.")
     startup_timeout_s: float = Field(120.0, gt=0, description="Time allowed for the SuperLink and learners to come up.")
+    resources: ComponentResources | None = Field(None, description="Kubernetes requests and limits per kind of component.")
 
     @model_validator(mode="after")
     def _node_minimums_fit(self) -> RunConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -22,7 +22,38 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN, description="Letters, digits, 
 Cost = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 
 
-class LearnerNode(BaseModel):
+class Toleration(BaseModel):
+    """A Kubernetes toleration: lets a pod onto nodes with a matching taint (e.g. dedicated edge nodes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(None, ge=0, description="NoExecute only: how long the pod stays after the taint appears.")
+
+    def manifest(self) -> dict[str, str | int]:
+        """The toleration as it appears in a pod spec."""
+        fields = {"key": self.key, "operator": self.operator, "value": self.value, "effect": self.effect,
+                  "tolerationSeconds": self.toleration_seconds}
+        return {k: v for k, v in fields.items() if v is not None}
+
+
+class Placement(BaseModel):
+    """Where an orchestrator that schedules onto nodes (kubernetes) may put a component."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Node labels the component's node must carry, e.g. {kubernetes.io/arch: arm64} or "
+        "{kubernetes.io/hostname: pi-7}; empty: the scheduler chooses (the multi-arch image runs on either arch).",
+    )
+    tolerations: list[Toleration] = Field(default_factory=list, description="Taints the component tolerates.")
+
+
+class LearnerNode(Placement):
     """One learner (a SuperNode that trains on its own data partition)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -35,8 +66,8 @@ class LearnerNode(BaseModel):
     )
 
 
-class ClusterNode(BaseModel):
-    """One cluster aggregator between its learners and the root."""
+class ClusterNode(Placement):
+    """One cluster aggregator between its learners and the root (its SuperLink is placed beside it)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -127,6 +158,13 @@ class Topology(BaseModel):
             missing = [learner.name for learner in self.learners if learner.name not in home]
             if missing:
                 raise _error(("clusters",), f"learner(s) {_listing(missing)} in no cluster; with assignment 'manual' every learner is in one")
+
+    def placement_of(self, name: str) -> Placement | None:
+        """The node selector and tolerations of the learner or cluster called NAME."""
+        for node in [*self.learners, *self.clusters]:
+            if node.name == name:
+                return Placement(node_selector=node.node_selector, tolerations=node.tolerations)
+        return None
 
     @property
     def is_flat(self) -> bool:

@@ -5,14 +5,20 @@ from __future__ import annotations
 from flops.errors import ConfigError
 from flops.orchestrators.base import ComponentRecord, Deployment, Orchestrator
 from flops.orchestrators.docker import DockerOrchestrator
+from flops.orchestrators.kubernetes import KubernetesOrchestrator
 from flops.orchestrators.local import LocalOrchestrator
+from flops.orchestrators.podman_kube import PodmanKubeOrchestrator
 
 ORCHESTRATORS: dict[str, type[Orchestrator]] = {
     LocalOrchestrator.name: LocalOrchestrator,
     DockerOrchestrator.name: DockerOrchestrator,
+    KubernetesOrchestrator.name: KubernetesOrchestrator,
+    PodmanKubeOrchestrator.name: PodmanKubeOrchestrator,
 }
 # Orchestrators that run components from a FLOps image (`flops build`) rather than the run's environment.
-NEEDS_IMAGE = frozenset({DockerOrchestrator.name})
+NEEDS_IMAGE = frozenset({DockerOrchestrator.name, KubernetesOrchestrator.name, PodmanKubeOrchestrator.name})
+# Orchestrators whose run can be written out as manifests (`flops export`).
+EXPORTERS = frozenset({KubernetesOrchestrator.name, PodmanKubeOrchestrator.name})
 
 
 def orchestrator_class(name: str) -> type[Orchestrator]:
@@ -34,4 +40,4 @@ def get_orchestrator(name: str, image: str | None = None) -> Orchestrator:
     return cls()
 
 
-__all__ = ["ComponentRecord", "Deployment", "Orchestrator", "get_orchestrator", "orchestrator_class", "ORCHESTRATORS", "NEEDS_IMAGE"]
+__all__ = ["ComponentRecord", "Deployment", "Orchestrator", "get_orchestrator", "orchestrator_class", "ORCHESTRATORS", "NEEDS_IMAGE", "EXPORTERS"]

@@ -41,6 +41,7 @@ class Deployment(BaseModel):
     ca_cert: Path | None = None  # the run's CA, to reach the Control API over TLS; None: an --insecure run
     node_ids: dict[str, int] = {}  # SuperNodes FLOps registered with the root SuperLink: name -> Flower node id
     components: list[ComponentRecord] = []
+    settings: dict[str, str] = {}  # orchestrator-specific, e.g. kubernetes: namespace and context
 
 
 def node_config_text(node_config: dict[str, str | int]) -> str:

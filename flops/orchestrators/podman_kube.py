@@ -1,0 +1,126 @@
+"""podman-kube orchestrator: the kubernetes orchestrator's manifests played on this machine by `podman kube play`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from typing import Any
+
+from flops.errors import DeployError
+from flops.orchestrators.base import Deployment, wait_for_port
+from flops.orchestrators.k8s_manifests import (
+    COMPONENT_LABEL,
+    ManifestBuilder,
+    component_ports,
+    label_value,
+    object_name,
+    run_selector,
+)
+from flops.orchestrators.kubernetes import KubernetesOrchestrator, PodView, manifest_path
+from flops.orchestrators.local import free_port
+from flops.plan import RunPlan
+
+# podman's container states -> the pod phases the kubernetes orchestrator reasons about.
+PHASES = {"running": "Running", "created": "Pending", "configured": "Pending", "initialized": "Pending",
+          "stopping": "Running", "paused": "Running"}
+STOP_TIMEOUT_S = "5"
+LISTING_TTL_S = 2.0
+STOP_ATTEMPTS = 3
+
+
+def _podman(*args: str) -> str:
+    """Run podman with an argument list; its failure becomes a DeployError with its last line."""
+    try:
+        done = subprocess.run(["podman", *args], capture_output=True, text=True, errors="replace",
+                              stdin=subprocess.DEVNULL, timeout=600)
+    except FileNotFoundError:
+        raise DeployError("podman is not installed: apt-get install podman runc (or run .ci/setup-containers.sh)") from None
+    if done.returncode != 0:
+        last = next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "")
+        raise DeployError(f"podman {' '.join(args[:2])} exited with {done.returncode}: {last}")
+    return done.stdout
+
+
+def _loopback_registry(image: str) -> bool:
+    host = image.split("/", 1)[0]
+    return "/" in image and host.split(":")[0] in ("127.0.0.1", "localhost")
+
+
+class PodmanKubeOrchestrator(KubernetesOrchestrator):
+    """The same objects as the kubernetes orchestrator, on the host network (podman 4.3 implements no
+    Services), each Deployment a pod of this machine. For trying manifests without a cluster, and CI."""
+
+    name = "podman-kube"
+    host_network = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._listing: dict[str, tuple[float, list[PodView]]] = {}  # run id -> (when, its containers)
+
+    def _ports(self, plan: RunPlan) -> dict[str, int]:
+        return component_ports(plan, free_port)
+
+    def _apply(self, objects: list[dict[str, Any]], plan: RunPlan) -> None:
+        image = self.image or plan.image or ""
+        tls = ["--tls-verify=false"] if _loopback_registry(image) else []  # the plain-HTTP test registry
+        _podman("kube", "play", *tls, str(manifest_path(plan.run_dir)))
+
+    def _control_address(self, plan: RunPlan, builder: ManifestBuilder) -> str:
+        return builder.control_address()
+
+    def _wait_ready(self, deployment: Deployment, component: str, timeout_s: float) -> None:
+        """No readiness reporting in podman: wait for the SuperLink's port, fail at once if its container exits."""
+        record = next(c for c in deployment.components if c.name == component)
+        port = int(deployment.control_address.rsplit(":", 1)[1])
+
+        def exit_reason() -> str | None:
+            pod = next((p for p in self._pods(deployment.run_id) if p.component == label_value(component)), None)
+            if pod is None or not pod.stuck:
+                return None
+            self._save_log(deployment, record)
+            return f"exited ({pod.phase}) while starting"
+
+        wait_for_port(port, record, timeout_s, exit_reason)
+
+    def _pods(self, run_id: str) -> list[PodView]:
+        # The controller asks every 0.5 s and a podman call is a heavy process: a listing serves for a while.
+        cached = self._listing.get(run_id)
+        if cached is not None and time.monotonic() - cached[0] < LISTING_TTL_S:
+            return cached[1]
+        listed = json.loads(_podman("ps", "-a", "--filter", f"label={run_selector(run_id)}", "--format", "json") or "[]")
+        views = []
+        for container in listed:
+            state = container.get("State", "")
+            phase = PHASES.get(state, "Failed" if container.get("ExitCode") else "Succeeded")
+            views.append(PodView(component=(container.get("Labels") or {}).get(COMPONENT_LABEL, ""),
+                                 name=container["Names"][0], phase=phase, ready=state == "running",
+                                 restarts=int(container.get("Restarts") or 0)))
+        self._listing[run_id] = (time.monotonic(), views)
+        return views
+
+    def _pod_log(self, pod: PodView) -> str:
+        done = subprocess.run(["podman", "logs", pod.name], capture_output=True, text=True, errors="replace",
+                              stdin=subprocess.DEVNULL)
+        # podman logs replays the container's stdout and stderr on its own two streams.
+        return done.stdout + done.stderr if done.returncode == 0 else ""
+
+    def _delete_all(self, run_id: str) -> None:
+        self._listing.pop(run_id, None)
+        # podman 4.3 can refuse a pod removal while it is still taking the pod's containers down
+        # ("a container that depends on ... still exists"): list again and retry before giving up.
+        for attempt in range(STOP_ATTEMPTS):
+            pods = _podman("pod", "ps", "-q", "--filter", f"label={run_selector(run_id)}").split()
+            if not pods:
+                break
+            try:
+                _podman("pod", "rm", "-f", "-t", STOP_TIMEOUT_S, *pods)
+            except DeployError:
+                if attempt == STOP_ATTEMPTS - 1:
+                    raise
+                time.sleep(2)
+        # kube play turns Secret objects into podman secrets, which kube down and pod rm leave behind.
+        prefix = object_name(run_id, "")
+        for secret in _podman("secret", "ls", "--format", "{{.Name}}").split():
+            if secret.startswith(prefix):
+                _podman("secret", "rm", secret)

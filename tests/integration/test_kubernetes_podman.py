@@ -1,0 +1,154 @@
+"""The kubernetes orchestrator's manifests, run for real by `podman kube play` (no Kubernetes API server here)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import assert_one_line_error, run_flops, wait_for
+from containers.support import BASE, FIND_LINKS, REGISTRY, require_containers
+from flops.orchestrators.k8s_manifests import COMPONENT_LABEL, RUN_LABEL
+
+pytestmark = pytest.mark.slow
+
+# Debian's podman 4.3 runs pods here with runc and explicit ulimits (crun and the default ulimits do not).
+CONTAINERS_CONF = '[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1000:1000"]\n[engine]\nruntime = "runc"\n'
+
+
+@pytest.fixture
+def podman_conf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    require_containers()
+    conf = tmp_path / "containers.conf"
+    conf.write_text(CONTAINERS_CONF)
+    monkeypatch.setenv("CONTAINERS_CONF", str(conf))  # run_flops passes the environment on
+    return conf
+
+
+def pods_of(run_id: str) -> list[str]:
+    done = subprocess.run(["podman", "pod", "ps", "-q", "--filter", f"label={RUN_LABEL}={run_id}"],
+                          capture_output=True, text=True, check=True)
+    return done.stdout.split()
+
+
+def shape(manifest: Path) -> list[tuple[str, str]]:
+    """Kinds and components of a manifest, in order: what must match between export and submit."""
+    return [(o["kind"], o["metadata"]["labels"][COMPONENT_LABEL]) for o in yaml.safe_load_all(manifest.read_text())]
+
+
+@pytest.mark.timeout(3600)  # image build, run environment and a federation in containers on a shared machine
+def test_flat_run_reaches_finished_in_podman_pods_and_export_writes_the_same_objects(
+    tiny_task_repo: Path, tmp_path: Path, podman_conf: Path
+) -> None:
+    workdir = tmp_path / "work"
+    # A container's first start compiles its imports (the image holds no bytecode): slow on a busy machine.
+    config = tmp_path / "flops.yaml"
+    config.write_text("startup_timeout_s: 900\n")
+    submit = run_flops(
+        "submit", tiny_task_repo.as_uri(), "--config", str(config), "--learners", "2", "--rounds", "2",
+        "--orchestrator", "podman-kube",
+        "--registry", REGISTRY, "--base-image", BASE, "--no-tls-verify",
+        *(f"--pip-find-links={d}" for d in FIND_LINKS), "--platform-constraint", "linux/amd64=torch==2.13.0+cpu",
+        "--workdir", str(workdir), "--json", "--detach", timeout_s=2400,
+    )
+    assert submit.returncode == 0, submit.output
+    run_id = submit.last_json()["run_id"]
+
+    def status() -> dict:
+        return run_flops("status", run_id, "--workdir", str(workdir), "--json").last_json()
+
+    # While it trains, `flops status` and `flops logs` read the pods through the same orchestrator.
+    ended = ("FINISHED", "FAILED", "STOPPED")
+    wait_for(lambda: status()["phase"] == "training" or status()["status"] in ended, 900, "the run to train")
+    shown = run_flops("status", run_id, "--workdir", str(workdir))
+    assert "RUNNING" in shown.stdout and "learner-1: Running ready" in shown.stdout, shown.output
+    log = run_flops("logs", run_id, "--component", "superlink", "--workdir", str(workdir))
+    assert log.returncode == 0 and log.stdout.strip(), log.output
+    wait_for(lambda: status()["status"] in ended, 1800, "the run to end", interval_s=2)
+    summary = status()
+    assert summary["status"] == "FINISHED" and summary["rounds_completed"] == 2, summary
+    assert summary["model_uri"] and summary["final_metrics"]["accuracy"] is not None
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    assert client.get_run(summary["mlflow_run_id"]).info.status == "FINISHED"
+    assert client.search_registered_models(), "the trained model is registered"
+    assert pods_of(run_id) == []  # the run's pods are gone after it finished
+    played = workdir / "runs" / run_id / "kubernetes.yaml"
+    assert [kind for kind, _ in shape(played)] == ["ConfigMap", "ConfigMap", "Deployment", "Deployment", "Deployment"]
+    # Each component's pod log was kept in the run's log folder before the pods were removed.
+    logs = workdir / "runs" / run_id / "logs"
+    assert "learner-0" in {p.stem for p in logs.glob("*.log")}
+    assert (logs / "superlink.log").read_text().strip()
+
+    # `flops export` of the same run settings: the same objects, which podman plays as they are.
+    image = json.loads((workdir / "runs" / run_id / "plan.json").read_text())["image"]
+    export = run_flops("export", tiny_task_repo.as_uri(), "--orchestrator", "podman-kube", "--image", image,
+                       "--learners", "2", "--rounds", "2", "-o", str(tmp_path / "out"), "--workdir", str(workdir),
+                       "--json")
+    assert export.returncode == 0, export.output
+    exported = Path(export.last_json()["manifests"])
+    exported_run = export.last_json()["run_id"]
+    assert shape(exported) == shape(played)
+    try:
+        subprocess.run(["podman", "kube", "play", "--tls-verify=false", str(exported)], check=True,
+                       capture_output=True, text=True)
+        assert len(pods_of(exported_run)) == 3
+        # The root SuperLink of the exported run comes up and listens on the port its manifest names.
+        root = next(o for o in yaml.safe_load_all(exported.read_text())
+                    if o["kind"] == "Deployment" and o["metadata"]["labels"][COMPONENT_LABEL] == "superlink")
+        port = root["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["tcpSocket"]["port"]
+        from flops.orchestrators.base import port_open
+
+        wait_for(lambda: port_open(port), 120, f"the exported root SuperLink on port {port}")
+    finally:
+        subprocess.run(["podman", "kube", "down", str(exported)], capture_output=True)
+        leftover = pods_of(exported_run)
+        if leftover:
+            subprocess.run(["podman", "pod", "rm", "-f", *leftover], capture_output=True)
+    assert pods_of(exported_run) == []
+
+
+@pytest.mark.timeout(2400)  # a two-platform image build
+def test_an_arm64_pinned_learner_carries_the_arch_selector_and_the_image_index_has_arm64(
+    tiny_task_repo: Path, tmp_path: Path
+) -> None:
+    require_containers()
+    from cli.build import app_requirements
+    from image_builder import build_image
+    from image_builder.flower_app import flower_app_spec
+
+    # A two-platform image of the fixture app, built by image_builder (Flower only: no arm64 torch to emulate).
+    app = tmp_path / "app"
+    shutil.copytree(Path(__file__).parent / "containers" / "app", app, ignore=shutil.ignore_patterns("__pycache__"))
+    image = build_image(flower_app_spec(
+        app, name=f"flops-test/k8s-arch-{uuid.uuid4().hex[:8]}", requirements=app_requirements([]),
+        platforms=["linux/amd64", "linux/arm64"], registry=REGISTRY, base_image=BASE, tls_verify=False,
+        pip_find_links=FIND_LINKS)).image
+    index = json.loads(subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{image}"],
+                                      capture_output=True, text=True, check=True).stdout)
+    assert "arm64" in {m["platform"]["architecture"] for m in index["manifests"]}
+
+    def export_pinned(arch: str, out: Path) -> tuple:
+        topology = tmp_path / f"topology-{arch}.yaml"
+        topology.write_text(yaml.safe_dump({"learners": [
+            {"name": "pi-7", "node_selector": {"kubernetes.io/arch": arch}}, {"name": "nuc-1"}]}))
+        return run_flops("export", tiny_task_repo.as_uri(), "--image", image, "--topology", str(topology),
+                         "-o", str(out), "--workdir", str(tmp_path / "work"), "--json", timeout_s=1200)
+
+    pinned = export_pinned("arm64", tmp_path / "arm64")
+    assert pinned.returncode == 0, pinned.output
+    pods = {o["metadata"]["labels"][COMPONENT_LABEL]: o["spec"]["template"]["spec"]
+            for o in yaml.safe_load_all(Path(pinned.last_json()["manifests"]).read_text()) if o["kind"] == "Deployment"}
+    assert pods["pi-7"]["nodeSelector"] == {"kubernetes.io/arch": "arm64"}
+    assert "nodeSelector" not in pods["nuc-1"] and pods["pi-7"]["containers"][0]["image"] == image
+    # An arch the image does not offer is bad input: one line naming the topology field, nothing written.
+    wrong = export_pinned("s390x", tmp_path / "s390x")
+    line = assert_one_line_error(wrong)
+    assert "learners[0].node_selector" in line and "s390x" in line and "arm64" in line
+    assert not (tmp_path / "s390x").exists()

@@ -1,0 +1,210 @@
+"""The Kubernetes objects of flat and hierarchical runs: valid against the official schemas (strict), labelled, placed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flops.config import RunConfig
+from flops.orchestrators.k8s_manifests import (
+    COMPONENT_LABEL,
+    RUN_LABEL,
+    ManifestOptions,
+    build_objects,
+    component_names,
+    object_name,
+    write_manifests,
+)
+from flops.plan import RunPlan, plan_clusters
+from flops.topology import Topology
+
+import kubernetes_validate  # noqa: E402 - in the test extra: a missing validator fails, never skips
+
+RUN_ID = "r20261202-050000-ab12"
+IMAGE = "127.0.0.1:5000/flops/app@sha256:" + "a" * 64
+VERSIONS = ["1.30.0", kubernetes_validate.utils.latest_version()]
+
+
+def make_plan(tmp_path: Path, topology: dict, **config: object) -> RunPlan:
+    parsed = Topology.model_validate(topology)
+    learners, clusters = plan_clusters(parsed)
+    run_dir = tmp_path / "runs" / RUN_ID
+    return RunPlan(
+        run_id=RUN_ID, run_dir=run_dir, source_url="file:///src", source_ref=None, commit="0" * 40,
+        source_name="src", app_dir=run_dir / "app", python=Path("/usr/bin/python3"),
+        config=RunConfig.model_validate({"learners": len(learners), "clusters": len(clusters), **config}),
+        orchestrator="kubernetes", image=IMAGE, tracking_uri="sqlite:///x.db", learners=learners,
+        clusters=clusters, topology=parsed, task_module="task", dependencies=["torch"],
+    )
+
+
+FLAT = {"learners": [
+    {"name": "learner-0", "node_selector": {"kubernetes.io/arch": "arm64"},
+     "tolerations": [{"key": "edge", "operator": "Exists", "effect": "NoSchedule"}]},
+    {"name": "learner-1"},
+]}
+HIERARCHICAL = {
+    "assignment": "manual",
+    "clusters": [{"name": "lab", "learners": ["a", "b"], "node_selector": {"kubernetes.io/hostname": "gw-1"}},
+                 {"name": "Field_Site", "learners": ["c", "d"],
+                  "tolerations": [{"key": "flaky", "operator": "Equal", "value": "yes", "effect": "NoExecute",
+                                   "toleration_seconds": 60}]}],
+    "learners": [{"name": n} for n in ("a", "b", "c", "d")],
+}
+RESOURCES = {"resources": {"learner": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+                           "aggregator": {"limits": {"cpu": "1"}}}}
+
+
+def objects_of(plan: RunPlan, **options: object) -> list[dict]:
+    return build_objects(plan, ManifestOptions(image=IMAGE, **options))
+
+
+def by_kind(objects: list[dict], kind: str) -> dict[str, dict]:
+    return {o["metadata"]["labels"][COMPONENT_LABEL]: o for o in objects if o["kind"] == kind}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("case", ["flat", "hierarchical", "flat-host-network", "hierarchical-credentials"])
+def test_every_object_validates_strictly_against_the_kubernetes_schema(tmp_path: Path, case: str, version: str) -> None:
+    topology = HIERARCHICAL if case.startswith("hierarchical") else FLAT
+    plan = make_plan(tmp_path, topology, **RESOURCES)
+    options: dict = {}
+    if case.endswith("host-network"):
+        options["host_network"] = True
+        options["ports"] = {name: 20000 + i for i, name in enumerate(component_names(plan))}
+    if case.endswith("credentials"):
+        options["credentials"] = {"superlink": {"ca.pem": b"CA", "server.key": b"\x00key"}, "a": {"node.key": b"k"}}
+    objects = objects_of(plan, **options)
+    # Through the YAML a user would apply, so what is validated is what `flops export` writes.
+    written = list(yaml.safe_load_all(write_manifests(objects, tmp_path / "out.yaml").read_text()))
+    assert written == objects
+    for obj in written:
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_strict_validation_rejects_an_unknown_field(tmp_path: Path) -> None:
+    # The check above can fail: a misspelt field in a pod spec is caught.
+    deployment = by_kind(objects_of(make_plan(tmp_path, FLAT)), "Deployment")["learner-0"]
+    deployment["spec"]["template"]["spec"]["nodeSelecter"] = {"kubernetes.io/arch": "arm64"}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, VERSIONS[0], strict=True)
+
+
+def test_flat_run_is_one_superlink_with_a_service_and_a_deployment_per_learner(tmp_path: Path) -> None:
+    plan = make_plan(tmp_path, FLAT)
+    objects = objects_of(plan)
+    assert [o["kind"] for o in objects] == ["ConfigMap", "ConfigMap", "Service", "Deployment", "Deployment", "Deployment"]
+    services, deployments = by_kind(objects, "Service"), by_kind(objects, "Deployment")
+    assert set(services) == {"superlink"} and set(deployments) == {"superlink", "learner-0", "learner-1"}
+    root = deployments["superlink"]["spec"]["template"]["spec"]["containers"][0]
+    assert root["image"] == IMAGE and root["args"][:1] == ["root-aggregator"]
+    assert root["readinessProbe"]["tcpSocket"] == {"port": 9092} and "livenessProbe" in root
+    assert root["ports"] == [{"name": "flower", "containerPort": 9092, "protocol": "TCP"}]
+    learner = deployments["learner-0"]["spec"]["template"]["spec"]["containers"][0]
+    assert "livenessProbe" not in learner and "ports" not in learner  # its Runtime API is on loopback
+    # Learners reach the SuperLink through its Service's DNS name, not the host network.
+    service_name = services["superlink"]["metadata"]["name"]
+    assert learner["args"][learner["args"].index("--superlink") + 1] == f"{service_name}.default.svc:9092"
+    assert 'partition-id=0 num-partitions=2' in learner["args"]
+    assert all("hostNetwork" not in d["spec"]["template"]["spec"] for d in deployments.values())
+    assert all(d["spec"]["replicas"] == 1 and d["spec"]["strategy"] == {"type": "Recreate"} for d in deployments.values())
+
+
+def test_every_object_carries_the_run_labels_and_one_selector_finds_them(tmp_path: Path) -> None:
+    objects = objects_of(make_plan(tmp_path, HIERARCHICAL))
+    for obj in objects:
+        labels = obj["metadata"]["labels"]
+        assert labels[RUN_LABEL] == RUN_ID and labels["app.kubernetes.io/instance"] == RUN_ID
+        assert labels["app.kubernetes.io/managed-by"] == "flops" and labels["app.kubernetes.io/name"] == "flops"
+        assert {"app.kubernetes.io/component", "app.kubernetes.io/part-of", COMPONENT_LABEL} <= set(labels)
+        if obj["kind"] == "Deployment":
+            pod_labels = obj["spec"]["template"]["metadata"]["labels"]
+            assert obj["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+            assert pod_labels[RUN_LABEL] == RUN_ID
+    names = [o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"]
+    assert len(set(names)) == len(names) == 1 + 2 * 2 + 4  # root, per cluster a SuperLink and an aggregator, learners
+
+
+def test_hierarchy_places_each_cluster_superlink_beside_its_aggregator(tmp_path: Path) -> None:
+    plan = make_plan(tmp_path, HIERARCHICAL, **RESOURCES)
+    objects = objects_of(plan)
+    deployments, services = by_kind(objects, "Deployment"), by_kind(objects, "Service")
+    assert set(services) == {"superlink", "cluster-0-superlink", "cluster-1-superlink"}
+    pod = {name: d["spec"]["template"]["spec"] for name, d in deployments.items()}
+    assert pod["cluster-0-superlink"]["nodeSelector"] == pod["cluster-0-aggregator"]["nodeSelector"] == {
+        "kubernetes.io/hostname": "gw-1"}
+    assert pod["cluster-1-aggregator"]["tolerations"] == [
+        {"key": "flaky", "operator": "Equal", "value": "yes", "effect": "NoExecute", "tolerationSeconds": 60}]
+    aggregator = pod["cluster-0-aggregator"]["containers"][0]["args"]
+    assert aggregator[0] == "cluster-aggregator"
+    node_config = aggregator[aggregator.index("--node-config") + 1]
+    cluster_service = services["cluster-0-superlink"]["metadata"]["name"]
+    assert f'cluster-superlink="{cluster_service}.default.svc:9092"' in node_config
+    learner_a = pod["a"]["containers"][0]
+    assert learner_a["args"][learner_a["args"].index("--superlink") + 1] == f"{cluster_service}.default.svc:9092"
+    assert learner_a["resources"] == {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+    assert pod["superlink"]["containers"][0]["resources"] == {"limits": {"cpu": "1"}}
+    assert "nodeSelector" not in pod["superlink"] and "tolerations" not in pod["b"]
+
+
+def test_credentials_become_one_secret_per_component_mounted_only_into_its_pod(tmp_path: Path) -> None:
+    plan = make_plan(tmp_path, FLAT)
+    assert not [o for o in objects_of(plan) if o["kind"] == "Secret"]  # today's insecure runs: no Secret
+    objects = objects_of(plan, credentials={"superlink": {"ca.pem": b"CA"}, "learner-1": {"node.key": b"\x01"}})
+    secrets = by_kind(objects, "Secret")
+    assert set(secrets) == {"superlink", "learner-1"}
+    assert secrets["learner-1"]["data"] == {"node.key": "AQ=="}
+    for name, deployment in by_kind(objects, "Deployment").items():
+        volumes = deployment["spec"]["template"]["spec"]["volumes"]
+        mounted = [v["secret"]["secretName"] for v in volumes if "secret" in v]
+        assert mounted == ([secrets[name]["metadata"]["name"]] if name in secrets else [])
+
+
+def test_host_network_addresses_components_on_loopback_with_their_own_ports(tmp_path: Path) -> None:
+    plan = make_plan(tmp_path, FLAT)
+    ports = {name: 21000 + i for i, name in enumerate(component_names(plan))}
+    objects = objects_of(plan, host_network=True, ports=ports)
+    assert "Service" not in {o["kind"] for o in objects}
+    deployments = by_kind(objects, "Deployment")
+    assert all(d["spec"]["template"]["spec"]["hostNetwork"] is True for d in deployments.values())
+    learner = deployments["learner-1"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert learner[learner.index("--superlink") + 1] == f"127.0.0.1:{ports['superlink']}"
+    assert learner[learner.index("--port") + 1] == str(ports["learner-1"])
+
+
+def test_the_run_directory_is_a_host_path_at_the_same_path(tmp_path: Path) -> None:
+    plan = make_plan(tmp_path, FLAT)
+    spec = by_kind(objects_of(plan), "Deployment")["learner-0"]["spec"]["template"]["spec"]
+    run_dir = next(v for v in spec["volumes"] if v["name"] == "run-dir")
+    assert run_dir["hostPath"]["path"] == str(plan.run_dir)
+    assert {"name": "run-dir", "mountPath": str(plan.run_dir)} in spec["containers"][0]["volumeMounts"]
+
+
+def test_object_names_are_dns_labels_even_for_long_or_odd_component_names() -> None:
+    name = object_name(RUN_ID, "Field_Site.with-a-very-long-name-" + "x" * 40)
+    assert len(name) <= 63 and name == name.lower() and name[0].isalnum() and name[-1].isalnum()
+    assert object_name(RUN_ID, "a" * 80) != object_name(RUN_ID, "a" * 81)  # truncated names stay distinct
+
+
+def test_a_bad_toleration_in_the_topology_file_is_one_line_naming_file_line_and_field(tmp_path: Path) -> None:
+    from flops.errors import ConfigError
+    from flops.topology import load_topology
+
+    path = tmp_path / "fleet.yaml"
+    path.write_text("learners:\n  - name: pi-7\n    tolerations:\n      - {key: edge, operator: Maybe}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_topology(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}:4: learners[0].tolerations[0].operator: ")
+
+
+def test_resources_in_the_config_take_kubernetes_quantities_only() -> None:
+    from flops.config import load_config
+    from flops.errors import ConfigError
+
+    assert load_config(None, {"resources.learner.limits.memory": "1Gi"}).resources is not None
+    with pytest.raises(ConfigError, match="resources.learner.limits.memory"):
+        load_config(None, {"resources.learner.limits.memory": "lots"})
