@@ -142,6 +142,10 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
 
 def _run_image(plan: RunPlan, options: ImageOptions) -> str:
     result = build_run_image(plan, options, progress=ProgressPrinter())
+    click.echo(f"image {result.image}{' (cached)' if result.cached else ''}", err=True)
+    return result.image
+
+
 def _kube_settings(namespace: str | None, kube_context: str | None) -> None:
     """The kubernetes orchestrator reads these from the environment (a detached controller inherits it)."""
     from flops.orchestrators.kubernetes import CONTEXT_ENV, NAMESPACE_ENV
@@ -149,10 +153,6 @@ def _kube_settings(namespace: str | None, kube_context: str | None) -> None:
     for variable, value in ((NAMESPACE_ENV, namespace), (CONTEXT_ENV, kube_context)):
         if value:
             os.environ[variable] = value
-
-
-    click.echo(f"image {result.image}{' (cached)' if result.cached else ''}", err=True)
-    return result.image
 
 
 @click.command("resume")
