@@ -39,6 +39,7 @@ from flops.runstate import load_state
               help="YAML topology; node_selector and tolerations per learner or cluster place its pods.")
 @click.option("--assignment")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: SQLite store in the work dir).")
+@click.option("--insecure", is_flag=True, help="Plain-text Flower links (required: Kubernetes runs carry no TLS material yet).")
 @workdir_option
 @json_option
 @reports_errors
@@ -47,9 +48,9 @@ def export_command(source: str, orchestrator: str, output_dir: Path, image: str 
                    config_file: Path | None, rounds: int | None, learners: int | None, epochs: int | None,
                    batch_size: int | None, lr: float | None, clusters: int | None, local_rounds: int | None,
                    topology_file: Path | None, assignment: str | None, tracking_uri: str | None,
-                   workdir: Path, as_json: bool) -> None:
+                   insecure: bool, workdir: Path, as_json: bool) -> None:
     """Prepare SOURCE as a run (checks, environment, app) and write its manifests to OUTPUT."""
-    from cli.runs import _build_run_image
+    from flops.app_image import ImageOptions, build_run_image
     from flops.preparation import prepare_run
     from flops.tracking import default_tracking_uri
 
@@ -60,15 +61,15 @@ def export_command(source: str, orchestrator: str, output_dir: Path, image: str 
         "training.learning_rate": lr, "clusters": clusters, "local_rounds": local_rounds, "assignment": assignment,
     })
     workdir = workdir.resolve()
+    build_image = None
+    if not image:
+        options = ImageOptions.checked(registry=registry or "", base_image=base_image, pip_find_links=[],
+                                       platform_constraints=[], tls_verify=tls_verify)
+        build_image = lambda plan: build_run_image(plan, options, progress=ProgressPrinter()).image  # noqa: E731
     plan = prepare_run(source, ref, config, workdir, orchestrator, tracking_uri or default_tracking_uri(workdir),
-                       make_progress(), topology_file, image)
+                       make_progress(), topology_file, image, build_image, insecure=insecure)
     state = load_state(workdir, plan.run_id)
     try:
-        if not image:
-            plan = plan.model_copy(update={"image": _build_run_image(
-                plan, registry=registry or "", base_image=base_image, pip_find_links=[], platform_constraints=(),
-                tls_verify=tls_verify)})
-            plan.save()
         path = orchestrator_class(orchestrator)(image=plan.image, namespace=namespace).export(
             plan, output_dir.resolve() / f"{plan.run_id}.yaml")
     except FlopsError as exc:

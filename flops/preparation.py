@@ -79,7 +79,9 @@ def prepare_run(
     """
     progress = progress or SilentProgress()
     workdir = workdir.resolve()
-    orchestrator_class(orchestrator)  # an unknown name fails here, before any work
+    if not insecure and not orchestrator_class(orchestrator).carries_credentials:  # an unknown name fails here too
+        raise ConfigError(f"--orchestrator {orchestrator} does not carry the run's TLS material and SuperNode keys "
+                          "yet: pass --insecure (plain-text Flower links inside the cluster)")
     if insecure:  # every orchestrator binds loopback today; topology hosts will add theirs here
         refuse_insecure_network(list(LOOPBACK_NAMES), allow_insecure_network)
     topology = _topology(config, topology_file)

@@ -85,6 +85,8 @@ class Orchestrator(ABC):
     """
 
     name: ClassVar[str]
+    # Whether deploy() hands each component the run's TLS material and SuperNode keys.
+    carries_credentials: ClassVar[bool] = True
 
     def deploy(self, plan: RunPlan) -> Deployment:
         """Start every component of the plan and return once the root SuperLink accepts runs.

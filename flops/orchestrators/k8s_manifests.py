@@ -278,8 +278,8 @@ class ManifestBuilder:
         return spec
 
     def _credential_args(self, component: Component) -> list[str]:
-        """Hook for the TLS wiring: today's runs are insecure and the files are only mounted."""
-        return []
+        """Hook for the TLS wiring: today's Kubernetes runs are --insecure (refused otherwise before deploy)."""
+        return ["--insecure"] if self.plan.insecure else []
 
     def _resources(self, component: Component) -> dict[str, dict[str, str]]:
         resources = self.plan.config.resources

@@ -97,6 +97,9 @@ class KubernetesOrchestrator(Orchestrator):
     """
 
     name = "kubernetes"
+    # The manifests take per-component Secrets, but the run's CA and SuperNode keys are not wired into them
+    # yet (and podman 4.3 mounts Secrets as base64 text): these runs are --insecure only, refused otherwise.
+    carries_credentials = False
     host_network = False
 
     def __init__(self, image: str | None = None, namespace: str | None = None, context: str | None = None,

@@ -51,7 +51,7 @@ def test_flat_run_reaches_finished_in_podman_pods_and_export_writes_the_same_obj
     config.write_text("startup_timeout_s: 900\n")
     submit = run_flops(
         "submit", tiny_task_repo.as_uri(), "--config", str(config), "--learners", "2", "--rounds", "2",
-        "--orchestrator", "podman-kube",
+        "--orchestrator", "podman-kube", "--insecure",
         "--registry", REGISTRY, "--base-image", BASE, "--no-tls-verify",
         *(f"--pip-find-links={d}" for d in FIND_LINKS), "--platform-constraint", "linux/amd64=torch==2.13.0+cpu",
         "--workdir", str(workdir), "--json", "--detach", timeout_s=2400,
@@ -88,7 +88,7 @@ def test_flat_run_reaches_finished_in_podman_pods_and_export_writes_the_same_obj
 
     # `flops export` of the same run settings: the same objects, which podman plays as they are.
     image = json.loads((workdir / "runs" / run_id / "plan.json").read_text())["image"]
-    export = run_flops("export", tiny_task_repo.as_uri(), "--orchestrator", "podman-kube", "--image", image,
+    export = run_flops("export", tiny_task_repo.as_uri(), "--orchestrator", "podman-kube", "--insecure", "--image", image,
                        "--learners", "2", "--rounds", "2", "-o", str(tmp_path / "out"), "--workdir", str(workdir),
                        "--json")
     assert export.returncode == 0, export.output
