@@ -18,7 +18,7 @@ SHAPES = FIXTURES_DIR / "contract_shapes"
 
 def _submit(tmp_path: Path, fixture: str, *flags: str):  # noqa: ANN202 - FlopsResult
     repo = git_repo_of(SHAPES / fixture, tmp_path / fixture.replace("_", "-"))
-    return run_flops("submit", repo.as_uri(), "--learners", "2", "--round-timeout", "300",
+    return run_flops("submit", repo.as_uri(), "--learners", "2", "--round-timeout", "1200",
                      "--workdir", str(tmp_path / "work"), "--json", *flags, timeout_s=1800)  # a loaded CI machine
 
 
