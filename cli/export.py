@@ -8,7 +8,7 @@ import click
 
 from cli.errors import reports_errors
 from cli.options import echo_json, json_option, workdir_option
-from cli.progress import make_progress
+from cli.progress import ProgressPrinter, make_progress
 from flops.config import load_config
 from flops.errors import ConfigError, FlopsError
 from flops.orchestrators import EXPORTERS, orchestrator_class
