@@ -47,7 +47,7 @@ def test_ui_serves_the_store_and_stops_its_server_on_a_signal(tmp_path: Path, si
         groups = {pgid for pgid, argv in _live_processes() if "mlflow" in argv and f"--port {port}" in argv}
         assert groups, "flops ui started no MLflow server"
         ui.send_signal(sig)
-        _, stderr = ui.communicate(timeout=60)
+        _, stderr = ui.communicate(timeout=300)
     finally:
         if ui.poll() is None:
             ui.kill()
