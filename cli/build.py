@@ -10,13 +10,9 @@ from pathlib import Path
 import click
 
 from cli.errors import reports_errors
+from flops.app_image import build_image, flower_app_spec
 from flops.errors import ConfigError
-from image_builder import SUPPORTED_PLATFORMS, BuildResult, ProgressEvent, build_image
-from image_builder.flower_app import flower_app_spec
-
-# PyPI's aarch64 torch wheels after 2.10 are CUDA builds (GBs, no CPU-only import): keep arm64 on the last
-# CPU-only release unless the user says otherwise with --platform-constraint linux/arm64=...
-DEFAULT_PLATFORM_CONSTRAINTS = {"linux/arm64": ["torch<=2.10"]}
+from image_builder import SUPPORTED_PLATFORMS, BuildResult, ProgressEvent
 
 
 def default_cache_dir() -> Path:
@@ -24,7 +20,10 @@ def default_cache_dir() -> Path:
 
 
 def parse_platform_constraints(values: tuple[str, ...], platforms: list[str]) -> dict[str, list[str]]:
-    """'linux/arm64=torch<=2.10' pairs -> {platform: [constraint, ...]}; defaults for platforms not named."""
+    """'linux/arm64=torch<=2.10' pairs -> {platform: [constraint, ...]}.
+
+    torch is pinned to its CPU build per platform at build time (flops.app_image) unless a constraint names it.
+    """
     given: dict[str, list[str]] = {}
     for value in values:
         platform, sep, constraint = value.partition("=")
@@ -36,8 +35,7 @@ def parse_platform_constraints(values: tuple[str, ...], platforms: list[str]) ->
         given.setdefault(platform, [])
         if constraint.strip():
             given[platform].append(constraint.strip())
-    merged = {p: list(c) for p, c in DEFAULT_PLATFORM_CONSTRAINTS.items() if p in platforms and p not in given}
-    return {**merged, **{p: c for p, c in given.items() if c}}
+    return {p: c for p, c in given.items() if c and p in platforms}
 
 
 def image_name(source_name: str) -> str:
@@ -105,18 +103,20 @@ def app_requirements(dependencies: list[str]) -> list[str]:
               help="Comma-separated target platforms.")
 @click.option("--registry", default=None, help="HOST[:PORT] to push the manifest list to.")
 @click.option("--name", default=None, help="Repository name in the registry (default: flops/<source name>).")
-@click.option("--base-image", default=None, help="Multi-arch base (default: docker.io/library/python:3.11-slim).")
+@click.option("--base-image", default=None,
+              help="Multi-arch base (default: the build defaults file's, else docker.io/library/python:3.11-slim).")
 @click.option("--pip-index-url", default=None)
 @click.option("--pip-extra-index-url", "pip_extra_index_urls", multiple=True)
 @click.option("--pip-find-links", "pip_find_links", multiple=True, type=click.Path(file_okay=False))
 @click.option("--platform-constraint", "platform_constraints", multiple=True, metavar="PLATFORM=REQ",
-              help="Extra constraint for one platform, e.g. linux/amd64=torch==2.13.0+cpu "
-                   "(default: linux/arm64=torch<=2.10, the last CPU-only aarch64 torch on PyPI).")
+              help="Extra constraint for one platform, e.g. linux/amd64=torch==2.13.0+cpu (default: torch pinned to "
+                   "this machine's version, CPU build, from --pip-find-links or the PyTorch CPU index).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Run config baked into the app as its defaults.")
 @click.option("--no-cache", is_flag=True, help="Rebuild every layer.")
 @click.option("--output", default=None, help="oci-archive:PATH to write the image to (no registry needed).")
-@click.option("--tls-verify/--no-tls-verify", default=True, show_default=True)
+@click.option("--tls-verify/--no-tls-verify", default=None,
+              help="TLS to the registry (default: as registries.conf says for it).")
 @click.option("--no-emulation", is_flag=True, help="Fail instead of installing wheel-less packages under QEMU.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line of stdout.")
 @reports_errors
@@ -124,7 +124,7 @@ def build_command(
     source: str, ref: str | None, platforms: str, registry: str | None, name: str | None,
     base_image: str | None, pip_index_url: str | None, pip_extra_index_urls: tuple[str, ...],
     pip_find_links: tuple[str, ...], platform_constraints: tuple[str, ...], config_path: Path | None,
-    no_cache: bool, output: str | None, tls_verify: bool, no_emulation: bool, as_json: bool,
+    no_cache: bool, output: str | None, tls_verify: bool | None, no_emulation: bool, as_json: bool,
 ) -> None:
     """Build one multi-arch image of SOURCE's Flower app, serving learner, aggregator and selfcheck roles."""
     platform_list = [p.strip() for p in platforms.split(",") if p.strip()]

@@ -122,23 +122,25 @@ def serve_command(
 @click.option("--pip-extra-index-url", "pip_extra_index_urls", multiple=True)
 @click.option("--pip-find-links", "pip_find_links", multiple=True, type=click.Path(file_okay=False))
 @click.option("--platform-constraint", "platform_constraints", multiple=True, metavar="PLATFORM=REQ",
-              help="Extra constraint for one platform (default: linux/arm64=torch<=2.10).")
+              help="Extra constraint for one platform (default: torch pinned to the model's version, CPU build, "
+                   "from --pip-find-links or the PyTorch CPU index).")
 @click.option("--classifier/--no-classifier", default=None, help="Add argmax labels (default: from the output shape)")
 @click.option("--no-cache", is_flag=True, help="Rebuild every layer.")
 @click.option("--output", default=None, help="oci-archive:PATH to write the image to (no registry needed).")
-@click.option("--tls-verify/--no-tls-verify", default=True, show_default=True)
+@click.option("--tls-verify/--no-tls-verify", default=None,
+              help="TLS to the registry (default: as registries.conf says for it).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line of stdout.")
 @reports_errors
 def package_command(
     model_ref: str, tracking_uri: str | None, workdir: Path, platforms: str, registry: str | None, name: str | None,
     base_image: str | None, pip_index_url: str | None, pip_extra_index_urls: tuple[str, ...],
     pip_find_links: tuple[str, ...], platform_constraints: tuple[str, ...], classifier: bool | None,
-    no_cache: bool, output: str | None, tls_verify: bool, as_json: bool,
+    no_cache: bool, output: str | None, tls_verify: bool | None, as_json: bool,
 ) -> None:
     """Build a multi-arch inference image of a logged model: the server and the model, no MLflow inside."""
     from cli.build import ProgressPrinter, parse_platform_constraints
+    from flops.app_image import build_image
     from flops.errors import ConfigError
-    from image_builder import build_image
     from inference.export import export_bundle
     from inference.package import inference_image_spec, stage_context
 
@@ -157,7 +159,7 @@ def package_command(
             pip_find_links=[str(Path(p).resolve()) for p in pip_find_links], platform_constraints=constraints,
             no_cache=no_cache, output=output, tls_verify=tls_verify,
         )
-        result = build_image(spec, progress=ProgressPrinter())
+        result = build_image(spec, progress=ProgressPrinter(), torch_version=metadata.torch_version)
     if as_json:
         click.echo(json.dumps({
             **result.model_dump(include={"image", "platforms", "size_bytes", "duration_s", "cached", "emulated"}),

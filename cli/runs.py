@@ -65,7 +65,8 @@ def _report(state: RunState, as_json: bool) -> None:
               help="Extra wheel folder for the image's dependencies.")
 @click.option("--platform-constraint", "platform_constraints", multiple=True, metavar="PLATFORM=REQ",
               help="Constraint for the image's dependencies, e.g. linux/amd64=torch==2.13.0+cpu.")
-@click.option("--tls-verify/--no-tls-verify", default=True, show_default=True, help="TLS to the registry.")
+@click.option("--tls-verify/--no-tls-verify", default=None,
+              help="TLS to the registry (default: as registries.conf says for it).")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: SQLite store in the work dir).")
 @workdir_option
 @json_option
@@ -77,7 +78,7 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
                    assignment: str | None, comm_budget: float | None, target_accuracy: float | None,
                    round_timeout: float | None, orchestrator: str, image: str | None, registry: str | None,
                    base_image: str | None, pip_find_links: tuple[str, ...], platform_constraints: tuple[str, ...],
-                   tls_verify: bool, tracking_uri: str | None, workdir: Path,
+                   tls_verify: bool | None, tracking_uri: str | None, workdir: Path,
                    as_json: bool, detach: bool) -> None:
     """Fetch SOURCE (git URL or path), check it, and run it as a federation tracked in MLflow."""
     from flops.submission import execute_run, prepare_run
@@ -122,11 +123,10 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
 
 
 def _build_run_image(plan: RunPlan, registry: str, base_image: str | None, pip_find_links: list[str],
-                     platform_constraints: tuple[str, ...], tls_verify: bool) -> str:
+                     platform_constraints: tuple[str, ...], tls_verify: bool | None) -> str:
     """The run's app as an image for this machine's platform, built or found in the registry by its hash."""
     from cli.build import ProgressPrinter, app_requirements, image_name, parse_platform_constraints
-    from image_builder import build_image
-    from image_builder.flower_app import flower_app_spec
+    from flops.app_image import build_image, flower_app_spec
     from image_builder.spec import host_platform
 
     target = host_platform() or "linux/amd64"

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from cli.build import app_requirements
 from flops.errors import BuildError
 from image_builder import BuildResult, BuildSpec, build_image
-from image_builder.flower_app import flower_app_spec
+from flops.app_image import flower_app_spec
 
 from containers.support import BASE, CONSTRAINTS, FIND_LINKS, REGISTRY, require_containers
 

@@ -19,7 +19,7 @@ from flops.orchestrators.docker import RUN_LABEL, DockerOrchestrator
 from flops.plan import LearnerSpec, RunPlan
 from flops.submission import root_overrides
 from image_builder import build_image
-from image_builder.flower_app import flower_app_spec
+from flops.app_image import flower_app_spec
 
 from containers.support import BASE, CONSTRAINTS, FIND_LINKS, HERE, REGISTRY, docker_missing, require_containers
 
