@@ -15,6 +15,7 @@ from flops.errors import BuildError, ConfigError, ToolError
 from image_builder import BuildResult, BuildSpec, ProgressCallback, ProgressEvent, build_image as builder_build
 from image_builder import errors as builder_errors
 from image_builder.commands import DEPS_DIR
+from image_builder.prune import Pruned
 from image_builder.spec import oci_labels
 from image_builder.torch_cpu import names_torch, torch_constraints
 
@@ -159,3 +160,27 @@ def _pin_cpu_torch(spec: BuildSpec, torch_version: str | None, progress: Progres
             progress(ProgressEvent(kind="warning", step="torch", message=warning))
     constraints = {p: [*spec.platform_constraints.get(p, []), *pins.get(p, [])] for p in spec.platforms}
     return spec.model_copy(update={"platform_constraints": {p: c for p, c in constraints.items() if c}})
+
+
+def prune_images(
+    older_than_days: float, registry: str | None, keep: int, tls_verify: bool | None, dry_run: bool,
+    repositories: tuple[str, ...] = (),
+) -> Pruned:
+    """Remove FLOps' local build/cache images older than `older_than_days` and, given a registry, all but the
+    `keep` newest tags of each FLOps-built image there (never an image without FLOps' labels)."""
+    from image_builder.prune import prune_local, prune_registry
+    from image_builder.tools import ToolRunner
+
+    runner = ToolRunner()
+    try:
+        pruned = Pruned(local=prune_local(runner, older_than_days * 86400, dry_run))
+        if registry:
+            pruned.registry = prune_registry(
+                runner, registry, keep, tls_verify, dry_run=dry_run,
+                repository_filter=(lambda name: name in repositories) if repositories else lambda name: True,
+            )
+    except builder_errors.ToolError as exc:
+        raise ToolError(exc.tool, str(exc).removeprefix(f"{exc.tool}: "), exc.output) from exc
+    finally:
+        runner.close()
+    return pruned

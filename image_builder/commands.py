@@ -12,7 +12,7 @@ DEPS_DIR = "/opt/flops/deps"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def _tls(tls_verify: bool | None) -> list[str]:
+def tls_args(tls_verify: bool | None) -> list[str]:
     """--tls-verify only when the caller decided; None leaves it to registries.conf (e.g. `insecure = true`)."""
     if tls_verify is None:
         return []
@@ -21,16 +21,16 @@ def _tls(tls_verify: bool | None) -> list[str]:
 
 def skopeo_inspect_raw(ref: str, tls_verify: bool | None) -> list[str]:
     """Raw manifest (or manifest list) of an image in a registry: the cheap 'is it there?' look-up."""
-    return ["skopeo", "inspect", "--raw", *_tls(tls_verify), f"docker://{ref}"]
+    return ["skopeo", "inspect", "--raw", *tls_args(tls_verify), f"docker://{ref}"]
 
 
 def skopeo_inspect_config(ref: str, tls_verify: bool | None) -> list[str]:
-    return ["skopeo", "inspect", "--config", *_tls(tls_verify), f"docker://{ref}"]
+    return ["skopeo", "inspect", "--config", *tls_args(tls_verify), f"docker://{ref}"]
 
 
 def buildah_from(image: str, *, tls_verify: bool | None = None, pull: str = "missing") -> list[str]:
     """A working container from `image`; pull 'missing' for digests, 'never' for our local cache images."""
-    return ["buildah", "from", "--quiet", f"--pull={_pull_value(pull)}", *_tls(tls_verify), image]
+    return ["buildah", "from", "--quiet", f"--pull={_pull_value(pull)}", *tls_args(tls_verify), image]
 
 
 def _pull_value(pull: str) -> str:
@@ -81,11 +81,11 @@ def buildah_image_label(image: str, label: str) -> list[str]:
 
 
 def buildah_push(image: str, dest: str, tls_verify: bool | None) -> list[str]:
-    return ["buildah", "push", "--quiet", *_tls(tls_verify), image, dest]
+    return ["buildah", "push", "--quiet", *tls_args(tls_verify), image, dest]
 
 
 def buildah_pull(image: str, tls_verify: bool | None) -> list[str]:
-    return ["buildah", "pull", "--quiet", *_tls(tls_verify), image]
+    return ["buildah", "pull", "--quiet", *tls_args(tls_verify), image]
 
 
 def buildah_manifest_create(list_name: str) -> list[str]:
@@ -103,7 +103,7 @@ def buildah_manifest_add(list_name: str, image: str) -> list[str]:
 
 def buildah_manifest_push(list_name: str, dest: str, tls_verify: bool | None, digest_file: Path) -> list[str]:
     return [
-        "buildah", "manifest", "push", "--all", "--quiet", *_tls(tls_verify),
+        "buildah", "manifest", "push", "--all", "--quiet", *tls_args(tls_verify),
         "--digestfile", str(digest_file), list_name, dest,
     ]
 

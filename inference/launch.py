@@ -1,10 +1,13 @@
-"""Start the inference server: as a local `python -m inference` process, or an image under podman or docker."""
+"""Start the inference server: in this process, as a local `python -m inference` process, or an image under
+podman or docker."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,11 +16,43 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from inference.errors import ServeError
+from inference.errors import ServeAddressError, ServeError
 
 CONTAINER_PORT = 8080
 # Engines to run an image with, in order of preference (podman is the project's container tool).
 ENGINES = ("podman", "docker")
+
+
+def bind_listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, for the server to listen on; ServeAddressError (one line) when it cannot be.
+
+    Binding here, before anything is loaded, turns uvicorn's multi-line startup log for a busy port into one line.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ServeAddressError(f"--host {host!r}: not a host name or address ({exc})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers only, never a live server
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        reasons = {
+            errno.EADDRINUSE: f"--port {port}: already in use on {host}; pass another --port",
+            errno.EADDRNOTAVAIL: f"--host {host!r}: not an address of this machine",
+            errno.EACCES: f"--port {port}: not allowed for this user (ports below 1024 need privileges)",
+        }
+        raise ServeAddressError(reasons.get(exc.errno, f"{host}:{port}: cannot listen: {exc.strerror}")) from None
+    return sock
+
+
+def serve_in_this_process(app: object, sock: socket.socket, log_level: str = "info") -> None:
+    """Run uvicorn on `sock` in this process until Ctrl-C or SIGTERM: nothing is left behind by a kill -9."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False))  # type: ignore[arg-type]
+    server.run(sockets=[sock])
 
 
 def server_process_args() -> list[str]:
