@@ -3,6 +3,7 @@ builder that imports nothing of FLOps."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,20 @@ def test_image_builder_imports_nothing_of_flops() -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_refused_build_with_json_still_ends_stdout_with_a_failed_object(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    out = CliRunner().invoke(cli, ["build", str(tmp_path), "--registry", "r:5000", "--platform-constraint", "torch",
+                                   "--json"])
+    assert out.exit_code == 2, out.output
+    assert [line for line in out.stderr.splitlines() if line.startswith("error: ")] == [
+        "error: --platform-constraint 'torch': expected PLATFORM=REQUIREMENT with PLATFORM one of "
+        "linux/amd64, linux/arm64"
+    ]
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert last == {"status": "FAILED", "message": last["message"], "exit_code": 2}
+    assert "--platform-constraint 'torch'" in last["message"]
