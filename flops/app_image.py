@@ -35,6 +35,9 @@ IMAGE_UID = 10001
 IMAGE_USER = f"{IMAGE_UID}:{IMAGE_UID}"
 # Flower's home when no orchestrator sets FLWR_HOME: owned by IMAGE_USER.
 IMAGE_FLWR_HOME = "/var/lib/flops/flwr"
+# The non-root user cannot write __pycache__ next to the root-owned dependencies: without a writable prefix every
+# process (Flower starts one per message) would compile torch's Python files again at import.
+NON_ROOT_ENV = {"HOME": "/tmp", "PYTHONPYCACHEPREFIX": "/tmp/flops-pycache"}
 
 
 def render_image_template(name: str, **context: Any) -> str:
@@ -86,8 +89,8 @@ def flower_app_spec(
         entrypoint=[ENTRYPOINT_PATH],
         cmd=["selfcheck"],
         runtime_files=runtime_files(APP_WORKDIR),
-        env={"FLWR_HOME": IMAGE_FLWR_HOME, "HOME": "/tmp", "PYTHONUNBUFFERED": "1",
-             "PYTHONPATH": f"{DEPS_DIR}:{FLOPS_PYTHON_DIR}"},
+        env={"FLWR_HOME": IMAGE_FLWR_HOME, "PYTHONUNBUFFERED": "1", "PYTHONPATH": f"{DEPS_DIR}:{FLOPS_PYTHON_DIR}",
+             **NON_ROOT_ENV},
         workdir=APP_WORKDIR,
         user=IMAGE_USER,
         writable_dirs=[IMAGE_FLWR_HOME],

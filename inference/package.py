@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from flops.app_image import IMAGE_USER, checked_spec, flops_labels
+from flops.app_image import IMAGE_USER, NON_ROOT_ENV, checked_spec, flops_labels
 from image_builder import BuildSpec
 from inference.bundle import BundleMetadata, read_metadata
 
@@ -102,7 +102,7 @@ def inference_image_spec(context_dir: Path, *, name: str | None = None, **build_
         strip=STRIPPED_LIBRARIES,
         entrypoint=["python3", "-m", "inference"],
         cmd=[],
-        env={"FLOPS_BUNDLE": IMAGE_BUNDLE_DIR, "PORT": "8080", "PYTHONUNBUFFERED": "1", "HOME": "/tmp"},
+        env={"FLOPS_BUNDLE": IMAGE_BUNDLE_DIR, "PORT": "8080", "PYTHONUNBUFFERED": "1", **NON_ROOT_ENV},
         workdir=IMAGE_WORKDIR,
         user=IMAGE_USER,  # the bundle and server stay root's, read-only to the server
         labels={key: value for key, value in labels.items() if value},
