@@ -96,31 +96,12 @@ def serve_command(
         click.echo(f"serving image {model_ref} on http://{host}:{port}", err=True)
         container = launch.start_container(model_ref, port, host, platform=platform, extra_args=run_args)
         raise SystemExit(launch.run_in_foreground(container))
-    import torch
-
-    from inference.export import export_bundle
-    from inference.server import create_app
-    from inference.settings import ServerSettings
-
-    sock = launch.bind_listening_socket(host, port)
-    # The server runs in this process, and the exported bundle is gone once the model is in memory: a kill -9
-    # leaves neither a server child under init nor a temporary directory.
-    with tempfile.TemporaryDirectory(prefix="flops-serve-") as tmp:
-        bundle_dir = Path(tmp) / "bundle"
-        model_uri, tracking_uri = resolve_model(model_ref, tracking_uri, workdir)
-        metadata = export_bundle(model_uri, bundle_dir, tracking_uri=tracking_uri)
-        settings = ServerSettings.from_environment().model_copy(update={
-            "bundle_dir": bundle_dir, "host": host, "port": port,
-            **({"max_request_bytes": max_request_bytes} if max_request_bytes else {}),
-        })
-        torch.set_num_threads(settings.torch_threads)
-        app = create_app(settings, load_in_background=False)
-    if app.state.slot.error:
-        from inference.errors import BundleError
-
-        raise BundleError(app.state.slot.error)
-    click.echo(f"serving {metadata.display_name} on http://{host}:{port} (docs at /docs)", err=True)
-    launch.serve_in_this_process(app, sock, settings.log_level)
+    sock = launch.bind_listening_socket(host, port)  # first: a busy port is one line before any loading
+    model_uri, tracking_uri = resolve_model(model_ref, tracking_uri, workdir)
+    launch.serve_model_here(
+        model_uri, tracking_uri, sock, max_request_bytes,
+        on_ready=lambda m: click.echo(f"serving {m.display_name} on http://{host}:{port} (docs at /docs)", err=True),
+    )
 
 
 @click.command("package")

@@ -10,12 +10,14 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from inference.bundle import BundleMetadata
 from inference.errors import ServeAddressError, ServeError
 
 CONTAINER_PORT = 8080
@@ -47,11 +49,41 @@ def bind_listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve_in_this_process(app: object, sock: socket.socket, log_level: str = "info") -> None:
-    """Run uvicorn on `sock` in this process until Ctrl-C or SIGTERM: nothing is left behind by a kill -9."""
+def serve_model_here(
+    model_uri: str,
+    tracking_uri: str | None,
+    sock: socket.socket,
+    max_request_bytes: int | None = None,
+    on_ready: Callable[[BundleMetadata], None] | None = None,
+) -> None:
+    """Export the model, load it, and serve it on `sock` in this process until Ctrl-C or SIGTERM.
+
+    The exported bundle is deleted once the model is in memory, and no server child is started: a kill -9
+    leaves neither a process under init nor a temporary directory.
+    """
+    import torch
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False))  # type: ignore[arg-type]
+    from inference.errors import BundleError
+    from inference.export import export_bundle
+    from inference.server import create_app
+    from inference.settings import ServerSettings
+
+    with tempfile.TemporaryDirectory(prefix="flops-serve-") as tmp:
+        bundle_dir = Path(tmp) / "bundle"
+        metadata = export_bundle(model_uri, bundle_dir, tracking_uri=tracking_uri)
+        host, port = sock.getsockname()[:2]
+        settings = ServerSettings.from_environment().model_copy(update={
+            "bundle_dir": bundle_dir, "host": host, "port": port,
+            **({"max_request_bytes": max_request_bytes} if max_request_bytes else {}),
+        })
+        torch.set_num_threads(settings.torch_threads)
+        app = create_app(settings, load_in_background=False)
+    if app.state.slot.error:
+        raise BundleError(app.state.slot.error)
+    if on_ready is not None:
+        on_ready(metadata)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=settings.log_level, access_log=False))
     server.run(sockets=[sock])
 
 

@@ -136,3 +136,25 @@ def test_more_rows_than_the_cap_answer_413(tmp_path: Path) -> None:
     over, at_cap = asyncio.run(scenario())
     assert over.status_code == 413 and "5 rows exceed the limit of 4" in over.json()["detail"]
     assert at_cap.status_code == 200
+
+
+def test_a_busy_port_and_an_unknown_host_are_one_line_bad_input() -> None:
+    import socket
+
+    from inference.errors import ServeAddressError
+    from inference.launch import bind_listening_socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        with pytest.raises(ServeAddressError, match=rf"^--port {port}: already in use on 127.0.0.1; pass another") as e:
+            bind_listening_socket("127.0.0.1", port)
+    assert e.value.exit_code == 2 and "\n" not in str(e.value)
+    with pytest.raises(ServeAddressError, match=r"^--host 'no-such-host.invalid': not a host name or address"):
+        bind_listening_socket("no-such-host.invalid", 8080)
+    with pytest.raises(ServeAddressError, match=r"^--host '192.0.2.1': not an address of this machine"):
+        bind_listening_socket("192.0.2.1", 8080)
+    free = bind_listening_socket("127.0.0.1", 0)
+    assert free.getsockname()[0] == "127.0.0.1"
+    free.close()
