@@ -83,8 +83,15 @@ def serve_model_here(
         raise BundleError(app.state.slot.error)
     if on_ready is not None:
         on_ready(metadata)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=settings.log_level, access_log=False))
-    server.run(sockets=[sock])
+    class StoppableServer(uvicorn.Server):
+        """uvicorn re-raises the SIGINT/SIGTERM it shut down on once it is done; a server stopped on purpose has
+        done its job, so here it ends with 0 instead (and Ctrl-C prints no click "Aborted!")."""
+
+        def handle_exit(self, sig: int, frame: object) -> None:
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+            self._captured_signals.clear()
+
+    StoppableServer(uvicorn.Config(app, log_level=settings.log_level, access_log=False)).run(sockets=[sock])
 
 
 def server_process_args() -> list[str]:
