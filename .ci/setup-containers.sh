@@ -6,6 +6,9 @@
 #   - a plain-HTTP registry on $FLOPS_REGISTRY (default 127.0.0.1:5000), a dockerd on the host network
 #   - a two-arch Debian python base image pushed as $FLOPS_REGISTRY/flops/python-base:3.11 (skipped when
 #     the registry already holds both architectures; built from scratch with mmdebstrap otherwise)
+#   - /etc/flops/build-defaults.toml ($FLOPS_BUILD_DEFAULTS): that base image and the wheel folder
+#     ($FLOPS_FIND_LINKS, default /opt/wheels) as FLOps' build defaults, so
+#     `flops submit SOURCE --orchestrator docker --registry $FLOPS_REGISTRY` needs no other flag
 # Prints how long each step took.
 set -euo pipefail
 
@@ -15,6 +18,8 @@ BASE_REF="$REGISTRY/flops/python-base:3.11"
 BASE_RECIPE=2
 SUITE="${FLOPS_BASE_SUITE:-bookworm}"  # bookworm's python3 is 3.11, the host's Python
 STATE_DIR="${FLOPS_CI_STATE:-/var/lib/flops-ci}"
+DEFAULTS_FILE="${FLOPS_BUILD_DEFAULTS:-/etc/flops/build-defaults.toml}"
+FIND_LINKS="${FLOPS_FIND_LINKS:-/opt/wheels}"
 LOG_DIR="$STATE_DIR/logs"
 mkdir -p "$STATE_DIR" "$LOG_DIR"
 
@@ -134,4 +139,20 @@ else
 fi
 done_step
 
+step "FLOps build defaults $DEFAULTS_FILE"
+mkdir -p "$(dirname "$DEFAULTS_FILE")"
+{
+  echo "# Written by .ci/setup-containers.sh. flops build, flops package and flops submit --orchestrator docker"
+  echo "# use these unless a flag says otherwise (--base-image, --pip-find-links, --platform-constraint)."
+  echo "# TLS to $REGISTRY is off through /etc/containers/registries.conf.d (insecure = true), not here."
+  echo "base_image = \"$BASE_REF\""
+  if [ -d "$FIND_LINKS" ]; then
+    echo "# torch's CPU wheels live here: FLOps pins torch to this machine's version, +cpu, from this folder."
+    echo "pip_find_links = [\"$FIND_LINKS\"]"
+  fi
+} >"$DEFAULTS_FILE"
+sed 's/^/   /' "$DEFAULTS_FILE"
+done_step
+
 echo "== containers ready in $(( $(date +%s) - started_all )) s: registry $REGISTRY, base $BASE_REF"
+echo "   try: flops submit examples/digits-cnn --orchestrator docker --registry $REGISTRY"

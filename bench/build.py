@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from flops.app_image import app_requirements  # noqa: E402
 from image_builder import BuildResult, BuildSpec, build_image  # noqa: E402
-from image_builder.flower_app import flower_app_spec, render_image_template  # noqa: E402
+from flops.app_image import flower_app_spec, render_image_template  # noqa: E402
 
 REGISTRY = os.environ.get("FLOPS_REGISTRY", "127.0.0.1:5000")
 BASE = f"{REGISTRY}/flops/python-base:3.11"

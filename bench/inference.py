@@ -4,7 +4,10 @@ Both servers run on this machine's loopback; each scenario sends a bounded numbe
 CONCURRENCY keep-alive connections and reports p50/p99 latency and requests/s side by side with ratios.
 
     python bench/inference.py [--requests 2000] [--rounds 3] [--rows 1 32] [--concurrency 1 8 32] [--json OUT]
-                              [--mlflow-torch-threads 1]
+                              [--torch-threads N | --mlflow-torch-threads N]
+
+--torch-threads N gives both servers N torch intra-op threads (the fair comparison); without it FLOps' server
+runs its default (1) and MLflow's torch's own default (one per core).
 """
 
 from __future__ import annotations
@@ -202,10 +205,13 @@ def main() -> int:
     parser.add_argument(
         "--mlflow-torch-threads", type=int, help="OMP_NUM_THREADS for the mlflow server (default: torch's own)"
     )
+    parser.add_argument("--torch-threads", type=int, help="the same torch thread count for both servers")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--image-size", action="store_true",
                         help="instead of latency: build both images (needs .ci/setup-containers.sh) and compare sizes")
     args = parser.parse_args()
+    if args.torch_threads:
+        args.mlflow_torch_threads = args.torch_threads
 
     with tempfile.TemporaryDirectory(prefix="flops-bench-") as tmp:
         workdir = Path(tmp)
@@ -224,7 +230,12 @@ def main() -> int:
             return 0
 
         ours_port, mlflow_port = free_port(), free_port()
-        ours = launch.start_local_server(bundle, ours_port)
+        ours = launch.start_local_server(
+            bundle, ours_port,
+            extra_env={"FLOPS_TORCH_THREADS": str(args.torch_threads)} if args.torch_threads else None,
+        )
+        print(f"torch threads: flops {args.torch_threads or 1}, mlflow {args.mlflow_torch_threads or 'default'}",
+              flush=True)
         theirs = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(mlflow_model_dir),
              "--env-manager", "local", "-h", "127.0.0.1", "-p", str(mlflow_port)],

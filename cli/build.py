@@ -22,18 +22,20 @@ from image_builder import BuildResult
               help="Comma-separated target platforms.")
 @click.option("--registry", default=None, help="HOST[:PORT] to push the manifest list to.")
 @click.option("--name", default=None, help="Repository name in the registry (default: flops/<source name>).")
-@click.option("--base-image", default=None, help="Multi-arch base (default: docker.io/library/python:3.11-slim).")
+@click.option("--base-image", default=None,
+              help="Multi-arch base (default: the build defaults file's, else docker.io/library/python:3.11-slim).")
 @click.option("--pip-index-url", default=None)
 @click.option("--pip-extra-index-url", "pip_extra_index_urls", multiple=True)
 @click.option("--pip-find-links", "pip_find_links", multiple=True, type=click.Path(file_okay=False))
 @click.option("--platform-constraint", "platform_constraints", multiple=True, metavar="PLATFORM=REQ",
-              help="Extra constraint for one platform, e.g. linux/amd64=torch==2.13.0+cpu "
-                   "(default: linux/arm64=torch<=2.10, the last CPU-only aarch64 torch on PyPI).")
+              help="Extra constraint for one platform, e.g. linux/amd64=torch==2.13.0+cpu (default: torch pinned to "
+                   "this machine's version, CPU build, from --pip-find-links or the PyTorch CPU index).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Run config baked into the app as its defaults.")
 @click.option("--no-cache", is_flag=True, help="Rebuild every layer.")
 @click.option("--output", default=None, help="oci-archive:PATH to write the image to (no registry needed).")
-@click.option("--tls-verify/--no-tls-verify", default=True, show_default=True)
+@click.option("--tls-verify/--no-tls-verify", default=None,
+              help="TLS to the registry (default: as registries.conf says for it).")
 @click.option("--no-emulation", is_flag=True, help="Fail instead of installing wheel-less packages under QEMU.")
 @workdir_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line of stdout.")
@@ -42,7 +44,7 @@ def build_command(
     source: str, ref: str | None, platforms: str, registry: str | None, name: str | None,
     base_image: str | None, pip_index_url: str | None, pip_extra_index_urls: tuple[str, ...],
     pip_find_links: tuple[str, ...], platform_constraints: tuple[str, ...], config_path: Path | None,
-    no_cache: bool, output: str | None, tls_verify: bool, no_emulation: bool, workdir: Path, as_json: bool,
+    no_cache: bool, output: str | None, tls_verify: bool | None, no_emulation: bool, workdir: Path, as_json: bool,
 ) -> None:
     """Build one multi-arch image of SOURCE's Flower app, serving learner, aggregator and selfcheck roles."""
     options = ImageOptions.checked(

@@ -61,21 +61,16 @@ def serve_command(
     from inference import launch
 
     if image:
+        launch.bind_listening_socket(host, port).close()  # a busy port or bad host: one line, before podman runs
         click.echo(f"serving image {model_ref} on http://{host}:{port}", err=True)
         container = launch.start_container(model_ref, port, host, platform=platform, extra_args=run_args)
         raise SystemExit(launch.run_in_foreground(container))
-    from inference.export import export_bundle
-
-    extra_env = {"FLOPS_MAX_REQUEST_BYTES": str(max_request_bytes)} if max_request_bytes else {}
-    with tempfile.TemporaryDirectory(prefix="flops-serve-") as tmp:
-        bundle_dir = Path(tmp) / "bundle"
-        model_uri, tracking_uri = resolve_model(model_ref, tracking_uri, workdir)
-        metadata = export_bundle(model_uri, bundle_dir, tracking_uri=tracking_uri)
-        click.echo(f"serving {metadata.display_name} on http://{host}:{port} (docs at /docs)", err=True)
-        process = launch.start_local_server(bundle_dir, port, host, extra_env)
-        code = launch.run_in_foreground(process)
-    if code not in (0, -15):
-        raise SystemExit(code)
+    sock = launch.bind_listening_socket(host, port)  # first: a busy port is one line before any loading
+    model_uri, tracking_uri = resolve_model(model_ref, tracking_uri, workdir)
+    launch.serve_model_here(
+        model_uri, tracking_uri, sock, max_request_bytes,
+        on_ready=lambda m: click.echo(f"serving {m.display_name} on http://{host}:{port} (docs at /docs)", err=True),
+    )
 
 
 @click.command("package")
@@ -91,22 +86,24 @@ def serve_command(
 @click.option("--pip-extra-index-url", "pip_extra_index_urls", multiple=True)
 @click.option("--pip-find-links", "pip_find_links", multiple=True, type=click.Path(file_okay=False))
 @click.option("--platform-constraint", "platform_constraints", multiple=True, metavar="PLATFORM=REQ",
-              help="Extra constraint for one platform (default: linux/arm64=torch<=2.10).")
+              help="Extra constraint for one platform (default: torch pinned to the model's version, CPU build, "
+                   "from --pip-find-links or the PyTorch CPU index).")
 @click.option("--classifier/--no-classifier", default=None, help="Add argmax labels (default: from the output shape)")
 @click.option("--no-cache", is_flag=True, help="Rebuild every layer.")
 @click.option("--output", default=None, help="oci-archive:PATH to write the image to (no registry needed).")
-@click.option("--tls-verify/--no-tls-verify", default=True, show_default=True)
+@click.option("--tls-verify/--no-tls-verify", default=None,
+              help="TLS to the registry (default: as registries.conf says for it).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line of stdout.")
 @reports_errors
 def package_command(
     model_ref: str, tracking_uri: str | None, workdir: Path, platforms: str, registry: str | None, name: str | None,
     base_image: str | None, pip_index_url: str | None, pip_extra_index_urls: tuple[str, ...],
     pip_find_links: tuple[str, ...], platform_constraints: tuple[str, ...], classifier: bool | None,
-    no_cache: bool, output: str | None, tls_verify: bool, as_json: bool,
+    no_cache: bool, output: str | None, tls_verify: bool | None, as_json: bool,
 ) -> None:
     """Build a multi-arch inference image of a logged model: the server and the model, no MLflow inside."""
+    from flops.app_image import build_image
     from flops.errors import ConfigError
-    from image_builder import build_image
     from inference.export import export_bundle
     from inference.package import inference_image_spec, stage_context
 
@@ -125,7 +122,7 @@ def package_command(
             pip_find_links=[str(Path(p).resolve()) for p in pip_find_links], platform_constraints=constraints,
             no_cache=no_cache, output=output, tls_verify=tls_verify,
         )
-        result = build_image(spec, progress=ProgressPrinter())
+        result = build_image(spec, progress=ProgressPrinter(), torch_version=metadata.torch_version)
     if as_json:
         click.echo(json.dumps({
             **result.model_dump(include={"image", "platforms", "size_bytes", "duration_s", "cached", "emulated"}),

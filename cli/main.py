@@ -21,6 +21,7 @@ for _command in (submit_command, resume_command, status_command, list_command, l
 from cli.inference import bundle_command, package_command, serve_command; cli.add_command(bundle_command); cli.add_command(serve_command); cli.add_command(package_command)  # noqa: E402,E702
 from cli.build import build_command; cli.add_command(build_command)  # noqa: E402,E702
 from cli.export import export_command; cli.add_command(export_command)  # noqa: E402,E702
+from cli.images import images_group; cli.add_command(images_group)  # noqa: E402,E702
 
 
 def main() -> None:

@@ -70,7 +70,8 @@ def _report(state: RunState, as_json: bool) -> None:
               help="Extra wheel folder for the image's dependencies.")
 @click.option("--platform-constraint", "platform_constraints", multiple=True, metavar="PLATFORM=REQ",
               help="Constraint for the image's dependencies, e.g. linux/amd64=torch==2.13.0+cpu.")
-@click.option("--tls-verify/--no-tls-verify", default=True, show_default=True, help="TLS to the registry.")
+@click.option("--tls-verify/--no-tls-verify", default=None,
+              help="TLS to the registry (default: as registries.conf says for it).")
 @click.option("--namespace", help="--orchestrator kubernetes: namespace of the run's objects (default: default).")
 @click.option("--kube-context", help="--orchestrator kubernetes: kubeconfig context (default: the current one).")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: SQLite store in the work dir).")
@@ -87,7 +88,7 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
                    assignment: str | None, comm_budget: float | None, target_accuracy: float | None,
                    round_timeout: float | None, orchestrator: str, image: str | None, registry: str | None,
                    base_image: str | None, pip_find_links: tuple[str, ...], platform_constraints: tuple[str, ...],
-                   tls_verify: bool, namespace: str | None, kube_context: str | None,
+                   tls_verify: bool | None, namespace: str | None, kube_context: str | None,
                    tracking_uri: str | None, insecure: bool, allow_insecure_network: bool,
                    workdir: Path, as_json: bool, detach: bool) -> None:
     """Fetch SOURCE (git URL or path), check it, and run it as a federation tracked in MLflow.

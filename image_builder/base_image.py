@@ -7,8 +7,9 @@ import json
 
 from pydantic import BaseModel
 
-from flops.errors import BuildError
+from image_builder.errors import BaseImageError
 from image_builder import commands as cmd
+from image_builder.errors import ToolError
 from image_builder.tools import ToolRunner
 
 LIST_TYPES = {
@@ -43,9 +44,13 @@ def platform_digests(index: dict, platforms: list[str]) -> dict[str, str]:
     return found
 
 
-def resolve_base(runner: ToolRunner, ref: str, platforms: list[str], tls_verify: bool) -> BaseImage:
-    """Look the base up in its registry; BuildError when it lacks one of the target platforms."""
-    raw = runner.run(cmd.skopeo_inspect_raw(ref, tls_verify), quiet=True)[1]
+def resolve_base(runner: ToolRunner, ref: str, platforms: list[str], tls_verify: bool | None) -> BaseImage:
+    """Look the base up in its registry; BaseImageError when it is unreachable or lacks a target platform."""
+    try:
+        raw = runner.run(cmd.skopeo_inspect_raw(ref, tls_verify), quiet=True)[1]
+    except ToolError as exc:
+        reason = exc.output.strip().splitlines()[-1] if exc.output.strip() else str(exc)
+        raise BaseImageError(ref, f"cannot read base image {ref}: {reason}") from exc
     manifest = json.loads(raw)
     repo = repository_of(ref)
     if manifest.get("mediaType") in LIST_TYPES or "manifests" in manifest:
@@ -57,10 +62,7 @@ def resolve_base(runner: ToolRunner, ref: str, platforms: list[str], tls_verify:
         digests = {platform: digest} if platform in platforms else {}
     missing = [p for p in platforms if p not in digests]
     if missing:
-        raise BuildError(
-            f"base image {ref} has no {', '.join(missing)} variant; pass --base-image with a multi-arch image "
-            "(e.g. the one .ci/setup-containers.sh pushes) or drop those platforms"
-        )
+        raise BaseImageError(ref, f"base image {ref} has no {', '.join(missing)} variant")
     layer_counts: dict[str, int] = {}
     for platform, digest in digests.items():
         per_platform = json.loads(runner.run(cmd.skopeo_inspect_raw(f"{repo}@{digest}", tls_verify), quiet=True)[1])

@@ -10,11 +10,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from flops import __version__ as flops_version
-from flops.errors import BuildError, ToolError
+from image_builder.errors import BuildError, ToolError
 from image_builder import commands as cmd
 from image_builder.base_image import resolve_base
-from image_builder.dependencies import install_dependencies
+from image_builder.dependencies import DependencyLayer, install_dependencies
 from image_builder.keys import code_files, image_tag, runtime_key, tree_hash
 from image_builder.manifests import archive_manifests, registry_manifests
 from image_builder.spec import BuildResult, BuildSpec, ProgressCallback, ProgressEvent
@@ -61,7 +60,7 @@ def _build(spec: BuildSpec, runner: ToolRunner, report: _Reporter, started: floa
     report("step", "resolve base image", spec.resolved_base_image)
     base = resolve_base(runner, spec.resolved_base_image, spec.platforms, spec.tls_verify)
     report("done", "resolve base image")
-    tag = spec.tag or image_tag(spec, base.digests, tree_hash(spec.context_dir), flops_version)
+    tag = spec.tag or image_tag(spec, base.digests, tree_hash(spec.context_dir))
     target = f"{spec.registry}/{spec.name}:{tag}" if spec.registry else None
 
     if target and not spec.no_cache and not spec.output:  # an archive asked for is always written
@@ -70,23 +69,27 @@ def _build(spec: BuildSpec, runner: ToolRunner, report: _Reporter, started: floa
         report("done", "look up", "found: nothing to build" if code == 0 else "not found")
         if code == 0:
             result = registry_manifests(runner, target, raw, spec.tls_verify, base.layer_counts)
-            return _result(spec, result, tag, started, cached=True, emulated=[])
+            return _result(spec, result, tag, started, cached=True)
 
     with tempfile.TemporaryDirectory(prefix="flops-build-") as tmp:
 
-        def one_platform(platform: str) -> tuple[str, bool]:
-            deps_image, was_emulated = install_dependencies(
+        def one_platform(platform: str) -> tuple[str, DependencyLayer]:
+            deps = install_dependencies(
                 spec, platform, base.refs[platform], base.digests[platform], runner, report, Path(tmp)
             )
-            runtime_image = _runtime_layer(spec, platform, deps_image, runner, report, Path(tmp))
-            return _code_layer(spec, platform, runtime_image, tag, runner, report, Path(tmp)), was_emulated
+            runtime_image = _runtime_layer(spec, platform, deps.image, runner, report, Path(tmp))
+            return _code_layer(spec, platform, runtime_image, tag, runner, report, Path(tmp)), deps
 
         # Platforms build side by side: one resolves and downloads while the other copies and commits.
         with ThreadPoolExecutor(max_workers=len(spec.platforms)) as pool:
             built = dict(zip(spec.platforms, pool.map(one_platform, spec.platforms)))
         images = {platform: image for platform, (image, _) in built.items()}
-        emulated = [platform for platform, (_, was_emulated) in built.items() if was_emulated]
-        return _publish(spec, images, tag, target, runner, report, base.layer_counts, started, emulated, Path(tmp))
+        result = _publish(spec, images, tag, target, runner, report, base.layer_counts, started, Path(tmp))
+        return result.model_copy(update={
+            "emulated": [platform for platform, (_, deps) in built.items() if deps.emulated],
+            "cuda_libraries": {platform: deps.cuda_libraries for platform, (_, deps) in built.items()
+                               if deps.cuda_libraries},
+        })
 
 
 def _runtime_layer(
@@ -99,8 +102,8 @@ def _runtime_layer(
         return image
     report("step", "runtime layer", "", platform)
     container = runner.run(cmd.buildah_from(deps_image, pull="never"), quiet=True)[1].strip()
+    root = tmp / f"runtime-{platform.replace('/', '-')}"
     if spec.runtime_files:
-        root = tmp / f"runtime-{platform.replace('/', '-')}"
         shutil.rmtree(root, ignore_errors=True)
         for dest, content in spec.runtime_files.items():
             path = root / dest.lstrip("/")
@@ -108,9 +111,16 @@ def _runtime_layer(
             path.write_text(content)
             path.chmod(0o755)
         runner.run(cmd.buildah_copy(container, root, "/"), quiet=True)
+    if spec.writable_dirs:
+        # Empty folders copied with --chown: the non-root user can write there, everything else stays root's.
+        writable = tmp / f"writable-{platform.replace('/', '-')}"
+        shutil.rmtree(writable, ignore_errors=True)
+        for folder in spec.writable_dirs:
+            (writable / folder.lstrip("/")).mkdir(parents=True, exist_ok=True)
+            runner.run(cmd.buildah_copy(container, writable / folder.lstrip("/"), folder, chown=spec.user), quiet=True)
     runner.run(
         cmd.buildah_config(
-            container, env=spec.env, entrypoint=spec.entrypoint, cmd=spec.cmd, workdir=spec.workdir
+            container, env=spec.env, entrypoint=spec.entrypoint, cmd=spec.cmd, workdir=spec.workdir, user=spec.user
         ),
         quiet=True,
     )
@@ -130,7 +140,6 @@ def _code_layer(
                                 spec.workdir), quiet=True)
     labels = {
         "org.opencontainers.image.created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "io.flops.version": flops_version,
         **spec.labels,
     }
     runner.run(cmd.buildah_config(container, labels=labels), quiet=True)
@@ -159,7 +168,6 @@ def _publish(
     report: _Reporter,
     base_layer_counts: dict[str, int],
     started: float,
-    emulated: list[str],
     tmp: Path,
 ) -> BuildResult:
     """One manifest list over the per-platform images, pushed to the registry and/or written as OCI archive."""
@@ -187,12 +195,10 @@ def _publish(
         result = result or archived
         report("done", "write archive", f"{path} ({path.stat().st_size} bytes)")
     assert result is not None
-    return _result(spec, result, tag, started, cached=False, emulated=emulated)
+    return _result(spec, result, tag, started, cached=False)
 
 
-def _result(
-    spec: BuildSpec, found: dict, tag: str, started: float, *, cached: bool, emulated: list[str]
-) -> BuildResult:
+def _result(spec: BuildSpec, found: dict, tag: str, started: float, *, cached: bool) -> BuildResult:
     return BuildResult(
         image=found["image"],
         tag=tag,
@@ -202,5 +208,4 @@ def _result(
         cached=cached,
         layers=found["layers"],
         dependency_layer=found["dependency_layer"],
-        emulated=emulated,
     )

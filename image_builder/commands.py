@@ -12,22 +12,25 @@ DEPS_DIR = "/opt/flops/deps"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def _tls(tls_verify: bool) -> str:
-    return f"--tls-verify={'true' if tls_verify else 'false'}"
+def tls_args(tls_verify: bool | None) -> list[str]:
+    """--tls-verify only when the caller decided; None leaves it to registries.conf (e.g. `insecure = true`)."""
+    if tls_verify is None:
+        return []
+    return [f"--tls-verify={'true' if tls_verify else 'false'}"]
 
 
-def skopeo_inspect_raw(ref: str, tls_verify: bool) -> list[str]:
+def skopeo_inspect_raw(ref: str, tls_verify: bool | None) -> list[str]:
     """Raw manifest (or manifest list) of an image in a registry: the cheap 'is it there?' look-up."""
-    return ["skopeo", "inspect", "--raw", _tls(tls_verify), f"docker://{ref}"]
+    return ["skopeo", "inspect", "--raw", *tls_args(tls_verify), f"docker://{ref}"]
 
 
-def skopeo_inspect_config(ref: str, tls_verify: bool) -> list[str]:
-    return ["skopeo", "inspect", "--config", _tls(tls_verify), f"docker://{ref}"]
+def skopeo_inspect_config(ref: str, tls_verify: bool | None) -> list[str]:
+    return ["skopeo", "inspect", "--config", *tls_args(tls_verify), f"docker://{ref}"]
 
 
-def buildah_from(image: str, *, tls_verify: bool = True, pull: str = "missing") -> list[str]:
+def buildah_from(image: str, *, tls_verify: bool | None = None, pull: str = "missing") -> list[str]:
     """A working container from `image`; pull 'missing' for digests, 'never' for our local cache images."""
-    return ["buildah", "from", "--quiet", f"--pull={_pull_value(pull)}", _tls(tls_verify), image]
+    return ["buildah", "from", "--quiet", f"--pull={_pull_value(pull)}", *tls_args(tls_verify), image]
 
 
 def _pull_value(pull: str) -> str:
@@ -35,8 +38,8 @@ def _pull_value(pull: str) -> str:
     return {"missing": "false", "never": "never", "always": "always"}[pull]
 
 
-def buildah_copy(container: str, source: Path, dest: str) -> list[str]:
-    return ["buildah", "copy", "--quiet", container, str(source), dest]
+def buildah_copy(container: str, source: Path, dest: str, chown: str | None = None) -> list[str]:
+    return ["buildah", "copy", "--quiet", *(["--chown", chown] if chown else []), container, str(source), dest]
 
 
 def buildah_config(
@@ -47,8 +50,11 @@ def buildah_config(
     cmd: list[str] | None = None,
     workdir: str | None = None,
     labels: dict[str, str] | None = None,
+    user: str | None = None,
 ) -> list[str]:
     args = ["buildah", "config"]
+    if user is not None:
+        args += ["--user", user]
     for key, value in (env or {}).items():
         args += ["--env", f"{key}={value}"]
     if entrypoint is not None:
@@ -70,8 +76,16 @@ def buildah_image_exists(image: str) -> list[str]:
     return ["buildah", "inspect", "--type", "image", "--format", "{{.FromImageID}}", image]
 
 
-def buildah_push(image: str, dest: str, tls_verify: bool) -> list[str]:
-    return ["buildah", "push", "--quiet", _tls(tls_verify), image, dest]
+def buildah_image_label(image: str, label: str) -> list[str]:
+    return ["buildah", "inspect", "--type", "image", "--format", f'{{{{index .OCIv1.Config.Labels "{label}"}}}}', image]
+
+
+def buildah_push(image: str, dest: str, tls_verify: bool | None) -> list[str]:
+    return ["buildah", "push", "--quiet", *tls_args(tls_verify), image, dest]
+
+
+def buildah_pull(image: str, tls_verify: bool | None) -> list[str]:
+    return ["buildah", "pull", "--quiet", *tls_args(tls_verify), image]
 
 
 def buildah_manifest_create(list_name: str) -> list[str]:
@@ -87,9 +101,9 @@ def buildah_manifest_add(list_name: str, image: str) -> list[str]:
     return ["buildah", "manifest", "add", list_name, f"containers-storage:{image}"]
 
 
-def buildah_manifest_push(list_name: str, dest: str, tls_verify: bool, digest_file: Path) -> list[str]:
+def buildah_manifest_push(list_name: str, dest: str, tls_verify: bool | None, digest_file: Path) -> list[str]:
     return [
-        "buildah", "manifest", "push", "--all", "--quiet", _tls(tls_verify),
+        "buildah", "manifest", "push", "--all", "--quiet", *tls_args(tls_verify),
         "--digestfile", str(digest_file), list_name, dest,
     ]
 
@@ -121,6 +135,12 @@ def uv_install_for_platform(
 
     --python-platform makes uv evaluate markers and pick wheels for the target (pip --platform would
     evaluate markers for the host); --only-binary keeps any build step off the host.
+
+    Index strategy: uv's default, first-index. A package is taken from the first index that has it (extra indexes
+    before the main one), so a name on a private extra index can never be shadowed by a higher version someone
+    publishes on PyPI (the dependency-confusion attack unsafe-best-match allows). The price: a package present on
+    both (e.g. numpy on the PyTorch CPU index) comes only from the extra index's versions. Pinning an index per
+    package needs uv's [tool.uv.sources], which `uv pip install` of requirement lines does not read.
     """
     args = [
         "uv", "pip", "install",
@@ -129,7 +149,6 @@ def uv_install_for_platform(
         "--python-version", spec.python_version,
         "--only-binary", ":all:",
         "--no-config",
-        "--index-strategy", "unsafe-best-match",
         "-r", str(requirements),
     ]
     if constraints is not None:

@@ -6,11 +6,12 @@ import os
 import shutil
 import threading
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-from flops.errors import BuildError, ToolError
+from image_builder.errors import BuildError, ToolError
 from image_builder import commands as cmd
 from image_builder import slim
+from image_builder.cuda import CUDA_LABEL, find_cuda_libraries, label_value, parse_label
 from image_builder.keys import dependency_key
 from image_builder.spec import PLATFORM_MACHINES, BuildSpec, host_platform
 from image_builder.tools import ToolRunner
@@ -31,6 +32,23 @@ def deps_env() -> dict[str, str]:
     return {"PYTHONPATH": cmd.DEPS_DIR, "PATH": f"{cmd.DEPS_DIR}/bin:{cmd.DEFAULT_PATH}"}
 
 
+class DependencyLayer(NamedTuple):
+    """A local image holding base + dependency layer, whether pip ran under QEMU, and CUDA libraries found in it."""
+
+    image: str
+    emulated: bool
+    cuda_libraries: list[str]
+
+
+def warn_cuda(report: Report, platform: str, libraries: list[str]) -> None:
+    if libraries:
+        shown = ", ".join(libraries[:6]) + (f" and {len(libraries) - 6} more" if len(libraries) > 6 else "")
+        report("warning", "dependency layer",
+               f"CUDA LIBRARIES IN A CPU IMAGE ({shown}): some requirement resolved to a CUDA build "
+               "(PyPI's torch on x86_64 is one); pin torch's CPU variant (a +cpu wheel from a find-links folder "
+               "or the PyTorch CPU index) to drop GBs from the image", platform)
+
+
 def install_dependencies(
     spec: BuildSpec,
     platform: str,
@@ -39,8 +57,8 @@ def install_dependencies(
     runner: ToolRunner,
     report: Report,
     tmp: Path,
-) -> tuple[str, bool]:
-    """Return (local image holding base + dependency layer, whether it was installed under emulation).
+) -> DependencyLayer:
+    """The local image holding base + dependency layer for `platform`, built or found in a cache.
 
     Reuse order: local storage, then the registry's cache repository, then build.
     """
@@ -51,14 +69,13 @@ def install_dependencies(
     if not spec.no_cache:
         if runner.run(cmd.buildah_image_exists(local), quiet=True, check=False)[0] == 0:
             report("done", step, f"cached ({key[:12]})", platform)
-            return local, False
+            return _cached_layer(local, platform, runner, report)
         if remote and runner.run(cmd.skopeo_inspect_raw(remote, spec.tls_verify), quiet=True, check=False)[0] == 0:
             report("step", step, f"pulling cached {remote}", platform)
-            runner.run(["buildah", "pull", "--quiet", f"--tls-verify={str(spec.tls_verify).lower()}", remote],
-                       quiet=True)
+            runner.run(cmd.buildah_pull(remote, spec.tls_verify), quiet=True)
             runner.run(["buildah", "tag", remote, local], quiet=True)
             report("done", step, f"cached in registry ({key[:12]})", platform)
-            return local, False
+            return _cached_layer(local, platform, runner, report)
 
     report("step", step, f"resolving {len(spec.requirements)} requirement(s) for {platform}", platform)
     arch = platform.split("/")[1]
@@ -92,12 +109,13 @@ def install_dependencies(
         else:
             if spec.requirements:
                 _portable_scripts(target / "bin")
-        if spec.prune or spec.strip:
-            _slim(spec, platform, target if not emulated else None, container, runner, report)
+        cuda = _slim_and_scan(spec, platform, target if not emulated else None, container, runner, report)
+        warn_cuda(report, platform, cuda)
         with STORAGE_LOCK:
             if spec.requirements and not emulated:
                 runner.run(cmd.buildah_copy(container, target, cmd.DEPS_DIR), quiet=True)
-            runner.run(cmd.buildah_config(container, env=deps_env()), quiet=True)
+            runner.run(cmd.buildah_config(container, env=deps_env(), labels={CUDA_LABEL: label_value(cuda)}),
+                       quiet=True)
             runner.run(cmd.buildah_commit(container, local), quiet=True)
     except BaseException:
         runner.run(["buildah", "rm", container], quiet=True, check=False)
@@ -107,26 +125,36 @@ def install_dependencies(
         with STORAGE_LOCK:
             runner.run(cmd.buildah_push(local, f"docker://{remote}", spec.tls_verify), quiet=True)
     report("done", step, f"built ({key[:12]}){' under emulation' if emulated else ''}", platform)
-    return local, emulated
+    return DependencyLayer(local, emulated, cuda)
 
 
-def _slim(
+def _cached_layer(image: str, platform: str, runner: ToolRunner, report: Report) -> DependencyLayer:
+    code, value = runner.run(cmd.buildah_image_label(image, CUDA_LABEL), quiet=True, check=False)
+    cuda = parse_label(value) if code == 0 else []
+    warn_cuda(report, platform, cuda)
+    return DependencyLayer(image, False, cuda)
+
+
+def _slim_and_scan(
     spec: BuildSpec, platform: str, target: Path | None, container: str, runner: ToolRunner, report: Report
-) -> None:
-    """Prune and strip the installed dependencies: on the host (`target`), or inside the container's filesystem."""
+) -> list[str]:
+    """Prune and strip the installed dependencies, then list CUDA libraries left: on the host (`target`), or
+    inside the container's filesystem after an emulated install."""
     mount = None
     if target is None:
         mount = runner.run(["buildah", "mount", container], quiet=True)[1].strip()
         target = Path(mount) / cmd.DEPS_DIR.lstrip("/")
     try:
-        removed = slim.prune(target, spec.prune)
-        stripped, saved = slim.strip_libraries(target, spec.strip, platform, runner)
+        if spec.prune or spec.strip:
+            removed = slim.prune(target, spec.prune)
+            stripped, saved = slim.strip_libraries(target, spec.strip, platform, runner, report)
+            report("step", "dependency layer",
+                   f"slimmed: pruned {removed / 1e6:.1f} MB, stripped {stripped} "
+                   f"librar{'y' if stripped == 1 else 'ies'} (-{saved / 1e6:.1f} MB)", platform)
+        return find_cuda_libraries(target)
     finally:
         if mount is not None:
             runner.run(["buildah", "umount", container], quiet=True, check=False)
-    report("step", "dependency layer",
-           f"slimmed: pruned {removed / 1e6:.1f} MB, stripped {stripped} librar{'y' if stripped == 1 else 'ies'} "
-           f"(-{saved / 1e6:.1f} MB)", platform)
 
 
 def _portable_scripts(bin_dir: Path) -> None:

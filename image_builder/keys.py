@@ -84,11 +84,13 @@ def runtime_key(spec: BuildSpec, dep_key: str) -> str:
             "cmd": spec.cmd,
             "env": spec.env,
             "workdir": spec.workdir,
+            "user": spec.user,
+            "writable_dirs": spec.writable_dirs,
         }
     )
 
 
-def image_tag(spec: BuildSpec, base_digests: dict[str, str], code_hash: str, flops_version: str) -> str:
+def image_tag(spec: BuildSpec, base_digests: dict[str, str], code_hash: str) -> str:
     """The image tag: a content hash of every build input (the 'created' label excepted)."""
     return _digest(
         {
@@ -97,6 +99,6 @@ def image_tag(spec: BuildSpec, base_digests: dict[str, str], code_hash: str, flo
             "runtime": runtime_key(spec, ""),
             "code": code_hash,
             "labels": spec.labels,
-            "flops": flops_version,
+            "layout": LAYOUT_VERSION,
         }
     )[:24]

@@ -21,7 +21,7 @@ def summarize(manifest: dict, base_layers: int) -> tuple[list[str], int, str]:
 
 
 def registry_manifests(
-    runner: ToolRunner, ref: str, raw_index: str, tls_verify: bool, base_layer_counts: dict[str, int]
+    runner: ToolRunner, ref: str, raw_index: str, tls_verify: bool | None, base_layer_counts: dict[str, int]
 ) -> dict:
     """Summary of a manifest list already in the registry, from its raw bytes plus one look-up per platform."""
     index = json.loads(raw_index)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
-from image_builder.tools import ToolRunner
+from image_builder.errors import ToolError
+from image_builder.tools import ToolRunner, tool_path
 
 # GNU strip understands only its own target's ELF files; binutils-<arch>-linux-gnu packages these.
 STRIP_TOOLS = {"linux/amd64": "x86_64-linux-gnu-strip", "linux/arm64": "aarch64-linux-gnu-strip"}
@@ -32,8 +34,18 @@ def prune(site: Path, patterns: list[str]) -> int:
     return removed
 
 
-def strip_libraries(site: Path, patterns: list[str], platform: str, runner: ToolRunner) -> tuple[int, int]:
-    """Strip the ELF files matching `patterns` with the target's strip; return (files, bytes saved)."""
+def strip_libraries(
+    site: Path, patterns: list[str], platform: str, runner: ToolRunner, report: Callable[..., None]
+) -> tuple[int, int]:
+    """Strip the ELF files matching `patterns` with the target's strip; return (files, bytes saved).
+
+    Stripping only saves space: without the target's strip the layer keeps its symbol tables, with a warning.
+    """
+    try:
+        tool_path(STRIP_TOOLS[platform])
+    except ToolError as exc:
+        report("warning", "dependency layer", f"not stripping shared libraries: {exc}", platform)
+        return 0, 0
     files = sorted({
         path for pattern in patterns for path in site.glob(pattern)
         if path.is_file() and not path.is_symlink() and _is_elf(path)

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from flops.errors import ConfigError
+from image_builder.errors import SpecError
 
 SUPPORTED_PLATFORMS = ("linux/amd64", "linux/arm64")
 
@@ -22,6 +22,16 @@ PLATFORM_WHEEL_TAGS = {
 PLATFORM_MACHINES = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
 # Other names machines give themselves for the same architectures (macOS says arm64).
 _MACHINE_ALIASES = {"arm64": "aarch64", "amd64": "x86_64"}
+
+
+def oci_labels(source_url: str | None, commit: str | None) -> dict[str, str]:
+    """The OCI annotations naming where an image's code came from."""
+    labels = {}
+    if source_url:
+        labels["org.opencontainers.image.source"] = source_url
+    if commit:
+        labels["org.opencontainers.image.revision"] = commit
+    return labels
 
 
 def host_platform() -> str | None:
@@ -56,6 +66,13 @@ class BuildSpec(BaseModel):
     )
     env: dict[str, str] = Field(default_factory=dict)
     workdir: str = "/app"
+    user: str | None = Field(
+        default=None,
+        description="UID[:GID] the image runs as (numeric: the base needs no passwd entry); None keeps the base's",
+    )
+    writable_dirs: list[str] = Field(
+        default_factory=list, description="absolute paths created in the runtime layer, owned by `user`"
+    )
     platforms: list[str] = Field(default_factory=lambda: ["linux/amd64"])
     registry: str | None = Field(default=None, description="HOST[:PORT] to push the manifest list to")
     base_image: str | None = Field(default=None, description="default: docker.io/library/python:<python_version>-slim")
@@ -67,7 +84,9 @@ class BuildSpec(BaseModel):
     output: str | None = Field(default=None, description="'oci-archive:PATH' to write instead of (or besides) pushing")
     tag: str | None = Field(default=None, description="default: a content hash of every input")
     no_cache: bool = False
-    tls_verify: bool = True
+    tls_verify: bool | None = Field(
+        default=None, description="TLS to registries; None leaves it to registries.conf (its `insecure` entries)"
+    )
     no_emulation: bool = False
     log_file: Path | None = None
     ca_bundle: Path | None = Field(
@@ -81,6 +100,21 @@ class BuildSpec(BaseModel):
         if unknown or not platforms:
             raise ValueError(f"unsupported platform(s) {unknown}; known: {', '.join(SUPPORTED_PLATFORMS)}")
         return list(dict.fromkeys(platforms))
+
+    @field_validator("user")
+    @classmethod
+    def _numeric_user(cls, user: str | None) -> str | None:
+        if user is not None and not re.fullmatch(r"\d+(:\d+)?", user):
+            raise ValueError(f"user {user!r} must be numeric UID or UID:GID (the base image need not know the name)")
+        return user
+
+    @field_validator("writable_dirs")
+    @classmethod
+    def _absolute_dirs(cls, dirs: list[str]) -> list[str]:
+        bad = [d for d in dirs if not d.startswith("/") or ".." in Path(d).parts]
+        if bad:
+            raise ValueError(f"writable_dirs must be absolute paths without '..': {bad}")
+        return dirs
 
     @field_validator("prune", "strip")
     @classmethod
@@ -118,7 +152,7 @@ class BuildSpec(BaseModel):
 
     @classmethod
     def checked(cls, **fields: object) -> BuildSpec:
-        """Build a spec from user input, turning validation errors into a ConfigError that names the field."""
+        """Build a spec from user input, turning validation errors into a SpecError that names the field."""
         from pydantic import ValidationError
 
         try:
@@ -126,7 +160,7 @@ class BuildSpec(BaseModel):
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "build spec"
-            raise ConfigError(f"{where}: {first['msg']}") from exc
+            raise SpecError(f"{where}: {first['msg']}") from exc
 
 
 class BuildResult(BaseModel):
@@ -141,6 +175,9 @@ class BuildResult(BaseModel):
     layers: dict[str, list[str]] = Field(default_factory=dict, description="platform -> layer digests, base first")
     dependency_layer: dict[str, str] = Field(default_factory=dict, description="platform -> digest of the deps layer")
     emulated: list[str] = Field(default_factory=list, description="platforms whose deps were installed under QEMU")
+    cuda_libraries: dict[str, list[str]] = Field(
+        default_factory=dict, description="platform -> CUDA packages/libraries found in its dependency layer"
+    )
 
 
 class ProgressEvent(BaseModel):

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
-from flops.errors import ToolError
+from image_builder.errors import ToolError
 
 INSTALL_HINTS = {
     "buildah": "apt-get install buildah (or run .ci/setup-containers.sh)",

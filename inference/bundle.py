@@ -74,10 +74,21 @@ def read_metadata(bundle_dir: Path) -> BundleMetadata:
             f"{path}: bundle format {metadata.format_version}, this server reads {BUNDLE_FORMAT_VERSION};"
             " re-export the bundle with this FLOps version"
         )
+    for field in ("weights_file", "code_dir"):
+        _check_inside(bundle_dir, path, field, getattr(metadata, field))
     weights = bundle_dir / metadata.weights_file
     if not weights.is_file():
         raise BundleError(f"{weights}: weights file named in {METADATA_FILE} is missing")
     return metadata
+
+
+def _check_inside(bundle_dir: Path, path: Path, field: str, relative: str | None) -> None:
+    """A path the metadata names must stay inside the bundle: no absolute paths, '..' or symlinks leading out."""
+    if relative is None:
+        return
+    root = bundle_dir.resolve()
+    if Path(relative).is_absolute() or not (root / relative).resolve().is_relative_to(root):
+        raise BundleError(f"{path}: field {field!r}: {relative!r} points outside the bundle")
 
 
 def write_metadata(bundle_dir: Path, metadata: BundleMetadata) -> Path:

@@ -11,3 +11,7 @@ class BundleError(BadInputError):
 
 class ServeError(DeployError):
     """The inference server could not be started or did not become ready."""
+
+
+class ServeAddressError(BadInputError):
+    """The address to serve on cannot be used: an unknown host, a port in use or not allowed."""

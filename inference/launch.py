@@ -1,23 +1,97 @@
-"""Start the inference server: as a local `python -m inference` process, or an image under podman or docker."""
+"""Start the inference server: in this process, as a local `python -m inference` process, or an image under
+podman or docker."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from inference.errors import ServeError
+from inference.bundle import BundleMetadata
+from inference.errors import ServeAddressError, ServeError
 
 CONTAINER_PORT = 8080
 # Engines to run an image with, in order of preference (podman is the project's container tool).
 ENGINES = ("podman", "docker")
+
+
+def bind_listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, for the server to listen on; ServeAddressError (one line) when it cannot be.
+
+    Binding here, before anything is loaded, turns uvicorn's multi-line startup log for a busy port into one line.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ServeAddressError(f"--host {host!r}: not a host name or address ({exc})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers only, never a live server
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        reasons = {
+            errno.EADDRINUSE: f"--port {port}: already in use on {host}; pass another --port",
+            errno.EADDRNOTAVAIL: f"--host {host!r}: not an address of this machine",
+            errno.EACCES: f"--port {port}: not allowed for this user (ports below 1024 need privileges)",
+        }
+        raise ServeAddressError(reasons.get(exc.errno, f"{host}:{port}: cannot listen: {exc.strerror}")) from None
+    return sock
+
+
+def serve_model_here(
+    model_uri: str,
+    tracking_uri: str | None,
+    sock: socket.socket,
+    max_request_bytes: int | None = None,
+    on_ready: Callable[[BundleMetadata], None] | None = None,
+) -> None:
+    """Export the model, load it, and serve it on `sock` in this process until Ctrl-C or SIGTERM.
+
+    The exported bundle is deleted once the model is in memory, and no server child is started: a kill -9
+    leaves neither a process under init nor a temporary directory.
+    """
+    import torch
+    import uvicorn
+
+    from inference.errors import BundleError
+    from inference.export import export_bundle
+    from inference.server import create_app
+    from inference.settings import ServerSettings
+
+    with tempfile.TemporaryDirectory(prefix="flops-serve-") as tmp:
+        bundle_dir = Path(tmp) / "bundle"
+        metadata = export_bundle(model_uri, bundle_dir, tracking_uri=tracking_uri)
+        host, port = sock.getsockname()[:2]
+        settings = ServerSettings.from_environment().model_copy(update={
+            "bundle_dir": bundle_dir, "host": host, "port": port,
+            **({"max_request_bytes": max_request_bytes} if max_request_bytes else {}),
+        })
+        torch.set_num_threads(settings.torch_threads)
+        app = create_app(settings, load_in_background=False)
+    if app.state.slot.error:
+        raise BundleError(app.state.slot.error)
+    if on_ready is not None:
+        on_ready(metadata)
+    class StoppableServer(uvicorn.Server):
+        """uvicorn re-raises the SIGINT/SIGTERM it shut down on once it is done; a server stopped on purpose has
+        done its job, so here it ends with 0 instead (and Ctrl-C prints no click "Aborted!")."""
+
+        def handle_exit(self, sig: int, frame: object) -> None:
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+            self._captured_signals.clear()
+
+    StoppableServer(uvicorn.Config(app, log_level=settings.log_level, access_log=False)).run(sockets=[sock])
 
 
 def server_process_args() -> list[str]:

@@ -11,6 +11,7 @@ import torch
 
 from inference.bundle import BundleMetadata, read_metadata
 from inference.errors import BundleError
+from inference.safe_load import load_exported, load_pickled_module
 
 
 class ServedModel:
@@ -56,18 +57,18 @@ def _fast_forward(module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Ten
 
 
 def _load_module(bundle_dir: Path, metadata: BundleMetadata) -> torch.nn.Module:
-    if metadata.code_dir:
+    code_dir = (bundle_dir / metadata.code_dir).resolve() if metadata.code_dir else None
+    if code_dir is not None and str(code_dir) not in sys.path:
         # Same as MLflow: the logged code directory goes first on sys.path so pickles find the user's classes.
-        code_path = str((bundle_dir / metadata.code_dir).resolve())
-        if code_path not in sys.path:
-            sys.path.insert(0, code_path)
+        sys.path.insert(0, str(code_dir))
     weights = bundle_dir / metadata.weights_file
     try:
         if metadata.serialization == "pt2":
             # MLflow does not call eval() on exported programs; neither do we, to keep the same graph.
-            return torch.export.load(str(weights)).module()
-        # MLflow pickles with cloudpickle, whose output stdlib pickle reads (by-value classes import cloudpickle).
-        module = torch.load(str(weights), weights_only=False)
+            return load_exported(weights)
+        module = load_pickled_module(weights, code_dir)
+    except BundleError:
+        raise
     except Exception as exc:  # any failure to deserialize means the bundle cannot be served
         raise BundleError(f"{weights}: cannot load the model: {type(exc).__name__}: {exc}") from exc
     module.eval()

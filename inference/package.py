@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from flops.slug import slug
+from flops.app_image import IMAGE_USER, NON_ROOT_ENV, checked_spec, flops_labels
 from image_builder import BuildSpec
-from image_builder.flower_app import oci_labels
 from inference.bundle import BundleMetadata, read_metadata
 
 IMAGE_WORKDIR = "/app"
@@ -25,8 +25,7 @@ SERVER_REQUIREMENTS = [
     "pydantic>=2.6",
     # No numpy: the server parses and answers with torch alone (numpy + OpenBLAS are ~15 MB of the image).
     "torch",
-    # Only unpickles models MLflow saved with serialization_format="pickle" whose classes went by value.
-    "cloudpickle>=2",
+    # No cloudpickle: pickled models load weights-only (inference/safe_load.py), never through cloudpickle.
 ]
 # Installed files the server never loads (checked: an exported model loads and predicts without them, on both
 # platforms): torch's C++ tests, headers, CMake files and test binaries, other packages' test suites, type stubs,
@@ -45,8 +44,8 @@ STRIPPED_LIBRARIES = [
 ]
 # Modules of inference/ the server runs; export (MLflow) and launch (host side) stay out of the image.
 SERVER_MODULES = (
-    "__init__.py", "__main__.py", "bundle.py", "errors.py", "metrics.py", "model.py", "payload.py", "server.py",
-    "settings.py",
+    "__init__.py", "__main__.py", "bundle.py", "errors.py", "metrics.py", "model.py", "payload.py", "safe_load.py",
+    "server.py", "settings.py",
 )
 # The error hierarchy the server's errors derive from; dependency-free, so it is copied rather than installed.
 CORE_MODULES = ("__init__.py", "errors.py")
@@ -68,9 +67,9 @@ def stage_context(bundle_dir: Path, dest: Path) -> Path:
 def image_requirements(metadata: BundleMetadata) -> list[str]:
     """The server's requirements, plus for a pickled model the model's other ones as MLflow recorded them.
 
-    Where the model names a package the server also needs (torch, cloudpickle) the server's line wins:
-    torch's version is then chosen per platform by the build's constraints (arm64 stays on a CPU-only release)
-    instead of the training machine's pin.
+    Where the model names a package the server also needs (torch) the server's line wins:
+    torch's version is then pinned per platform at build time to the model's torch in its CPU build
+    (flops.app_image.build_image), not to whatever build the training machine had.
     """
     if metadata.serialization == "pt2":
         # An exported graph runs on torch alone: the user's code (and what it imports, e.g. scikit-learn
@@ -89,13 +88,13 @@ def inference_image_spec(context_dir: Path, *, name: str | None = None, **build_
     """Spec of the serving image for the context `stage_context` made; build_options are other BuildSpec fields."""
     metadata = read_metadata(context_dir / "bundle")
     labels = {
-        **oci_labels(metadata.source_url, metadata.source_commit),
+        **flops_labels(metadata.source_url, metadata.source_commit),
         "io.flops.model.name": metadata.model_name or "",
         "io.flops.model.version": metadata.model_version or "",
         "io.flops.run-id": metadata.run_id or "",
         **build_options.pop("labels", {}),
     }
-    return BuildSpec.checked(
+    return checked_spec(
         name=name or default_image_name(metadata),
         context_dir=context_dir,
         requirements=image_requirements(metadata),
@@ -103,8 +102,9 @@ def inference_image_spec(context_dir: Path, *, name: str | None = None, **build_
         strip=STRIPPED_LIBRARIES,
         entrypoint=["python3", "-m", "inference"],
         cmd=[],
-        env={"FLOPS_BUNDLE": IMAGE_BUNDLE_DIR, "PORT": "8080", "PYTHONUNBUFFERED": "1"},
+        env={"FLOPS_BUNDLE": IMAGE_BUNDLE_DIR, "PORT": "8080", "PYTHONUNBUFFERED": "1", **NON_ROOT_ENV},
         workdir=IMAGE_WORKDIR,
+        user=IMAGE_USER,  # the bundle and server stay root's, read-only to the server
         labels={key: value for key, value in labels.items() if value},
         **build_options,
     )

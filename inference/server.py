@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -10,6 +11,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+import torch
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inference.bundle import BundleMetadata, read_metadata
@@ -68,14 +71,24 @@ def create_app(settings: ServerSettings, load_in_background: bool = True) -> Fas
     else:
         slot.load()
     metrics.ready.set_function(lambda: 1.0 if slot.model is not None else 0.0)
-    _add_predict(app, metadata, slot, metrics, settings.max_request_bytes)
+    _add_predict(app, metadata, slot, metrics, settings)
     _add_probes(app, metadata, slot, metrics)
     return app
 
 
 def _add_predict(
-    app: FastAPI, metadata: BundleMetadata, slot: ModelSlot, metrics: ServerMetrics, max_request_bytes: int
+    app: FastAPI, metadata: BundleMetadata, slot: ModelSlot, metrics: ServerMetrics, settings: ServerSettings
 ) -> None:
+    max_request_bytes = settings.max_request_bytes
+
+    def parse_and_predict(body: bytes, model: ServedModel) -> tuple[torch.Tensor, int, float]:
+        # In a worker thread: decoding a large batch and the forward pass would otherwise stall /health.
+        inputs = parse_inputs(body, metadata.inputs)
+        if inputs.shape[0] > settings.max_rows:
+            raise RequestRejected(413, f"{inputs.shape[0]} rows exceed the limit of {settings.max_rows} per request")
+        started = time.perf_counter()
+        return model.predict(inputs), inputs.shape[0], time.perf_counter() - started
+
     @app.post(
         "/predict",
         response_model=PredictResponse,
@@ -88,10 +101,11 @@ def _add_predict(
         },
         responses={
             400: {"description": "Body is not valid JSON"},
-            413: {"description": f"Body larger than the limit ({max_request_bytes} bytes)"},
+            413: {"description": f"Body larger than {max_request_bytes} bytes or more than {settings.max_rows} rows"},
             415: {"description": "Content-Type is not JSON"},
             422: {"description": "Inputs do not match the model's input schema"},
             503: {"description": "Model still loading or failed to load"},
+            504: {"description": f"Not answered within {settings.request_timeout_s:g} s"},
         },
     )
     async def predict(request: Request) -> Response:
@@ -101,16 +115,19 @@ def _add_predict(
         try:
             _check_content_type(request.headers.get("content-type"))
             body = await _read_limited(request, max_request_bytes)
-            inputs = parse_inputs(body, metadata.inputs)
+            model = slot.model
+            if model is None:
+                return _error(503, slot.error or "model is still loading; retry when /ready answers 200")
+            # The thread is not cancelled on timeout (Python cannot): the client gets its answer, the pass ends.
+            outputs, rows, seconds = await asyncio.wait_for(
+                run_in_threadpool(parse_and_predict, body, model), settings.request_timeout_s
+            )
         except RequestRejected as rejected:
             return _error(rejected.status_code, rejected.message)
-        model = slot.model
-        if model is None:
-            return _error(503, slot.error or "model is still loading; retry when /ready answers 200")
-        started = time.perf_counter()
-        outputs = model.predict(inputs)
-        metrics.model_seconds.observe(time.perf_counter() - started)
-        metrics.batch_rows.observe(inputs.shape[0])
+        except TimeoutError:
+            return _error(504, f"prediction took longer than {settings.request_timeout_s:g} s")
+        metrics.model_seconds.observe(seconds)
+        metrics.batch_rows.observe(rows)
         return Response(encode_outputs(outputs, metadata.classifier), media_type="application/json")
 
 

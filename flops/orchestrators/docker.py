@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from flops.app_image import IMAGE_UID
 from flops.errors import DeployError
 from flops.orchestrators.base import (
     ComponentRecord,
@@ -85,17 +86,28 @@ class DockerOrchestrator(Orchestrator):
             mounts[str(plan.app_dir)] = {"bind": str(plan.app_dir), "mode": "ro"}
         return mounts
 
+    def _container_user(self, plan: RunPlan) -> str | None:
+        """Who a container runs as. FLOps images run as a non-root user: a non-root FLOps runs them as itself (it owns
+        the run directory they write to); FLOps as root hands the run directory to the image's user instead."""
+        if os.geteuid() != 0:
+            return f"{os.getuid()}:{os.getgid()}"
+        for path in [plan.run_dir, *plan.run_dir.rglob("*")]:
+            if not path.is_symlink():
+                os.chown(path, IMAGE_UID, IMAGE_UID)
+        return None  # the image's own user
+
     def _run(self, plan: RunPlan, record: ComponentRecord, role: str, args: list[str]) -> ComponentRecord:
         import docker.errors
 
         record.log_path.parent.mkdir(parents=True, exist_ok=True)
+        user = self._container_user(plan)
         try:
             container = self.client.containers.run(
                 self.image, command=[role, *args], detach=True, name=container_name(plan.run_id, record.name),
                 network_mode="host", labels={RUN_LABEL: plan.run_id, COMPONENT_LABEL: record.name},
                 environment={"FLWR_HOME": str(plan.run_dir / "flwr_home"), RUN_ID_ENV: plan.run_id,
                              "PYTHONUNBUFFERED": "1"},
-                volumes=self._mounts(plan), working_dir=str(plan.run_dir),
+                volumes=self._mounts(plan), working_dir=str(plan.run_dir), **({"user": user} if user else {}),
             )
         except docker.errors.APIError as exc:
             raise DeployError(f"cannot start {record.name}: {exc.explanation or exc}") from exc

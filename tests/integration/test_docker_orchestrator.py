@@ -21,7 +21,7 @@ from flops.preparation import augment_source
 from flops.workdir import cache_dir
 from flops.flower_run_config import root_overrides
 from image_builder import build_image
-from image_builder.flower_app import flower_app_spec
+from flops.app_image import flower_app_spec
 
 from containers.support import BASE, CONSTRAINTS, FIND_LINKS, HERE, REGISTRY, docker_missing, require_containers
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,16 +15,21 @@ from flops.orchestrators.docker import RUN_LABEL
 pytestmark = pytest.mark.slow
 
 
-def submit_in_docker(repo: Path, workdir: Path, *run_args: str) -> tuple[FlopsResult, dict]:
-    """`flops submit --orchestrator docker` with no --image: it builds the app's image for this machine in the
-    test registry (or finds it by its hash) and runs it. Checks it succeeded and left no container behind."""
+def submit_in_docker(
+    repo: Path, workdir: Path, *run_args: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[FlopsResult, dict]:
+    """`flops submit --orchestrator docker --registry R` with no other image flag: base image and wheel folder come
+    from a build defaults file as .ci/setup-containers.sh writes it, TLS from registries.conf, torch's CPU pin
+    from the wheel folder. It builds the app's image for this machine in the test registry (or finds it by its
+    hash) and runs it. Checks it succeeded and left no container behind."""
     require_containers(docker_missing())
     import docker
 
+    defaults = workdir.parent / "build-defaults.toml"
+    defaults.write_text(f"base_image = {json.dumps(BASE)}\npip_find_links = {json.dumps(FIND_LINKS)}\n")
+    monkeypatch.setenv("FLOPS_BUILD_DEFAULTS", str(defaults))
     run = run_flops(
-        "submit", repo.as_uri(), *run_args, "--orchestrator", "docker",
-        "--registry", REGISTRY, "--base-image", BASE, "--no-tls-verify",
-        *(f"--pip-find-links={d}" for d in FIND_LINKS), "--platform-constraint", "linux/amd64=torch==2.13.0+cpu",
+        "submit", repo.as_uri(), *run_args, "--orchestrator", "docker", "--registry", REGISTRY,
         "--workdir", str(workdir), "--json", timeout_s=1800,
     )
     assert run.returncode == 0, run.output
@@ -33,10 +39,17 @@ def submit_in_docker(repo: Path, workdir: Path, *run_args: str) -> tuple[FlopsRe
     return run, summary
 
 
-def test_the_example_trains_in_containers_as_it_does_locally(example_repo: Path, tmp_path: Path) -> None:
+def test_the_example_trains_in_containers_as_it_does_locally(
+    example_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The same settings as the local orchestrator's example test, which must reach 0.85.
-    run, summary = submit_in_docker(example_repo, tmp_path / "work", "--learners", "3", "--rounds", "3")
-    assert f"image {REGISTRY}/flops/" in run.stderr
+    run, summary = submit_in_docker(example_repo, tmp_path / "work", "--learners", "3", "--rounds", "3",
+                                    monkeypatch=monkeypatch)
+    image = next(line.split()[1] for line in run.stderr.splitlines() if line.startswith(f"image {REGISTRY}/flops/"))
+    config = json.loads(subprocess.run(["skopeo", "inspect", "--config", f"docker://{image}"],
+                                       capture_output=True, text=True, check=True).stdout)
+    assert config["config"]["User"] not in ("", "0", "root") and not config["config"]["User"].startswith("0:")
+    assert "CUDA LIBRARIES" not in run.stderr, run.stderr
     assert summary["status"] == "FINISHED"
     assert summary["rounds_completed"] == 3
     assert summary["final_metrics"]["accuracy"] >= 0.85
@@ -44,12 +57,13 @@ def test_the_example_trains_in_containers_as_it_does_locally(example_repo: Path,
 
 
 def test_hierarchical_run_in_containers_drives_each_cluster_from_its_aggregator_container(
-    example_repo: Path, tmp_path: Path
+    example_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Root SuperLink, two cluster SuperLinks, two cluster aggregators and four learners: nine containers of one
     # image; each cluster aggregator runs its cluster's local rounds through the Control API from inside its own.
     _, summary = submit_in_docker(
-        example_repo, tmp_path / "work", "--learners", "4", "--clusters", "2", "--rounds", "2", "--local-rounds", "1"
+        example_repo, tmp_path / "work", "--learners", "4", "--clusters", "2", "--rounds", "2", "--local-rounds", "1",
+        monkeypatch=monkeypatch,
     )
     assert summary["status"] == "FINISHED" and summary["rounds_completed"] == 2, summary
     assert len(summary["clusters"]) == 2, summary

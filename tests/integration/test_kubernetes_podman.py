@@ -119,9 +119,9 @@ def test_an_arm64_pinned_learner_carries_the_arch_selector_and_the_image_index_h
     tiny_task_repo: Path, tmp_path: Path
 ) -> None:
     require_containers()
-    from cli.build import app_requirements
+    from flops.app_image import app_requirements
     from image_builder import build_image
-    from image_builder.flower_app import flower_app_spec
+    from flops.app_image import flower_app_spec
 
     # A two-platform image of the fixture app, built by image_builder (Flower only: no arm64 torch to emulate).
     app = tmp_path / "app"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import ast
-import json
 from pathlib import Path
 
 import pytest
 
-from flops.app_image import parse_platform_constraints
-from flops.errors import ConfigError, ToolError
-from image_builder import BuildSpec
+from flops.app_image import (
+    ENTRYPOINT_PATH, IMAGE_FLWR_HOME, ROLES, SELFCHECK_PATH, flower_app_spec, parse_platform_constraints, runtime_files,
+)
+from flops.errors import ConfigError
+from image_builder import BuildSpec, SpecError, ToolError
 from image_builder import commands as cmd
 from image_builder import tools
 from image_builder.base_image import platform_digests, repository_of
 from image_builder.dependencies import _portable_scripts
-from image_builder.flower_app import ENTRYPOINT_PATH, ROLES, SELFCHECK_PATH, flower_app_spec, runtime_files
 from image_builder.keys import dependency_key, image_tag, runtime_key, tree_hash
 from image_builder.manifests import summarize
 
@@ -54,8 +54,14 @@ def test_every_argument_list_is_a_list_of_strings_never_a_shell_string(tmp_path:
     ]
     for args in built:
         assert isinstance(args, list) and all(isinstance(a, str) for a in args)
-    assert cmd.skopeo_inspect_raw("r/a:b", False) == ["skopeo", "inspect", "--raw", "--tls-verify=false",
-                                                       "docker://r/a:b"]
+
+
+def test_tls_verification_is_left_to_registries_conf_unless_decided() -> None:
+    for decided, flag in ((True, ["--tls-verify=true"]), (False, ["--tls-verify=false"]), (None, [])):
+        for args in (cmd.skopeo_inspect_raw("r/a:b", decided), cmd.buildah_push("i", "docker://r/a:b", decided),
+                     cmd.buildah_pull("r/a:b", decided), cmd.buildah_from("r/a:b", tls_verify=decided),
+                     cmd.buildah_manifest_push("l", "docker://r/a:b", decided, Path("/d"))):
+            assert [a for a in args if a.startswith("--tls-verify")] == flag, args
 
 
 def test_buildah_config_writes_entrypoint_as_json_and_labels_as_pairs() -> None:
@@ -126,13 +132,15 @@ def test_code_changes_move_the_image_tag_but_not_the_dependency_key(tmp_path: Pa
     (code / "task.py").write_text("a")
     spec = make_spec(tmp_path, context_dir=code)
     bases = {"linux/amd64": "sha256:a", "linux/arm64": "sha256:b"}
-    tag = image_tag(spec, bases, tree_hash(code), "0.1.0")
-    assert tag == image_tag(spec, bases, tree_hash(code), "0.1.0")
+    tag = image_tag(spec, bases, tree_hash(code))
+    assert tag == image_tag(spec, bases, tree_hash(code))
     deps = dependency_key(spec, "linux/amd64", bases["linux/amd64"])
     (code / "task.py").write_text("b")
-    assert image_tag(spec, bases, tree_hash(code), "0.1.0") != tag
+    assert image_tag(spec, bases, tree_hash(code)) != tag
     assert dependency_key(spec, "linux/amd64", bases["linux/amd64"]) == deps
-    assert image_tag(spec, bases, tree_hash(code), "0.2.0") != image_tag(spec, bases, tree_hash(code), "0.1.0")
+    # A new FLOps version reaches the tag through the label FLOps puts on its images.
+    relabelled = spec.model_copy(update={"labels": {"io.flops.version": "0.2.0"}})
+    assert image_tag(relabelled, bases, tree_hash(code)) != image_tag(spec, bases, tree_hash(code))
 
 
 def test_runtime_key_follows_entrypoint_and_dependency_layer(tmp_path: Path) -> None:
@@ -142,13 +150,13 @@ def test_runtime_key_follows_entrypoint_and_dependency_layer(tmp_path: Path) -> 
 
 
 def test_spec_rejects_unknown_platforms_missing_destination_and_bad_names(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="platforms"):
+    with pytest.raises(SpecError, match="platforms"):
         BuildSpec.checked(name="a", context_dir=tmp_path, registry="r", platforms=["linux/riscv64"])
-    with pytest.raises(ConfigError, match="registry"):
+    with pytest.raises(SpecError, match="registry"):
         BuildSpec.checked(name="a", context_dir=tmp_path)
-    with pytest.raises(ConfigError, match="name"):
+    with pytest.raises(SpecError, match="name"):
         BuildSpec.checked(name="Has Spaces", context_dir=tmp_path, registry="r")
-    with pytest.raises(ConfigError, match="oci-archive"):
+    with pytest.raises(SpecError, match="oci-archive"):
         BuildSpec.checked(name="a", context_dir=tmp_path, output="/tmp/x.tar")
     assert make_spec(tmp_path).resolved_base_image == "docker.io/library/python:3.11-slim"
 
@@ -199,16 +207,28 @@ def test_entrypoint_serves_every_role_and_selfcheck_is_valid_python() -> None:
 def test_flower_app_spec_labels_source_and_revision(tmp_path: Path) -> None:
     spec = flower_app_spec(tmp_path, name="flops/x", requirements=["torch"], source_url="https://g/x",
                            commit="c" * 40, registry="r:5000", labels={"extra": "1"})
-    assert spec.labels == {"org.opencontainers.image.source": "https://g/x",
-                           "org.opencontainers.image.revision": "c" * 40, "extra": "1"}
+    assert spec.labels["org.opencontainers.image.source"] == "https://g/x"
+    assert spec.labels["org.opencontainers.image.revision"] == "c" * 40 and spec.labels["extra"] == "1"
+    assert spec.labels["io.flops.version"]
     assert spec.entrypoint == [ENTRYPOINT_PATH] and spec.cmd == ["selfcheck"]
-    assert not any("token" in k.lower() or "password" in k.lower() for k in json.loads(spec.model_dump_json()))
 
 
-def test_platform_constraints_default_arm64_torch_and_can_be_overridden() -> None:
+def test_app_images_run_as_a_non_root_user_that_owns_flowers_home(tmp_path: Path) -> None:
+    spec = flower_app_spec(tmp_path, name="flops/x", requirements=["torch"], registry="r:5000")
+    uid = spec.user.split(":")[0] if spec.user else "0"
+    assert int(uid) != 0
+    assert spec.env["FLWR_HOME"] in spec.writable_dirs == [IMAGE_FLWR_HOME]
+    config = cmd.buildah_config("ctr", user=spec.user)
+    assert config[config.index("--user") + 1] == spec.user
+    copy = cmd.buildah_copy("ctr", tmp_path, IMAGE_FLWR_HOME, chown=spec.user)
+    assert copy[copy.index("--chown") + 1] == spec.user
+    with pytest.raises(SpecError, match="user 'flops' must be numeric"):
+        BuildSpec.checked(name="a", context_dir=tmp_path, registry="r", user="flops")
+
+
+def test_platform_constraints_are_the_users_only() -> None:
     both = ["linux/amd64", "linux/arm64"]
-    assert parse_platform_constraints((), both) == {"linux/arm64": ["torch<=2.10"]}
-    assert parse_platform_constraints((), ["linux/amd64"]) == {}
+    assert parse_platform_constraints((), both) == {}
     assert parse_platform_constraints(("linux/arm64=torch==2.9.0",), both) == {"linux/arm64": ["torch==2.9.0"]}
     assert parse_platform_constraints(("linux/arm64=",), both) == {}
     with pytest.raises(ConfigError, match="PLATFORM=REQUIREMENT"):

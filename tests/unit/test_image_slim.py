@@ -11,7 +11,7 @@ from pathlib import Path
 import markupsafe
 import pytest
 
-from flops.errors import ConfigError
+from image_builder.errors import SpecError
 from image_builder import slim
 from image_builder.spec import BuildSpec, host_platform
 from image_builder.tools import ToolRunner
@@ -43,7 +43,9 @@ def test_strip_shrinks_a_real_extension_that_still_imports_and_spares_hard_links
     os.link(library, cache_copy)  # as uv installs it: hard-linked from its cache
     before = library.read_bytes()
 
-    files, saved = slim.strip_libraries(site, ["markupsafe/*.so", "markupsafe/*.py"], HOST_PLATFORM, ToolRunner())
+    files, saved = slim.strip_libraries(
+        site, ["markupsafe/*.so", "markupsafe/*.py"], HOST_PLATFORM, ToolRunner(), lambda *a, **k: None
+    )
 
     assert files == 1  # the .py files match the pattern but are not ELF
     assert saved > 0 and library.stat().st_size == len(before) - saved
@@ -56,5 +58,26 @@ def test_strip_shrinks_a_real_extension_that_still_imports_and_spares_hard_links
 
 def test_patterns_must_stay_inside_the_dependency_folder(tmp_path: Path) -> None:
     for bad in ("/usr/lib", "../outside", "a/../../b"):
-        with pytest.raises(ConfigError, match="prune"):
+        with pytest.raises(SpecError, match="prune"):
             BuildSpec.checked(name="x/y", context_dir=tmp_path, registry="r:5000", prune=[bad])
+
+
+def test_a_missing_strip_tool_is_a_warning_and_the_libraries_stay_as_they_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from image_builder import tools
+
+    site = tmp_path / "site"
+    shutil.copytree(Path(markupsafe.__file__).parent, site / "markupsafe")
+    library = next((site / "markupsafe").glob("_speedups*.so"))
+    before = library.read_bytes()
+    warnings: list[tuple] = []
+    tools.tool_path.cache_clear()
+    monkeypatch.setattr(tools.shutil, "which", lambda name: None)
+    try:
+        result = slim.strip_libraries(site, ["markupsafe/*.so"], "linux/arm64", ToolRunner(),
+                                      lambda *args, **kwargs: warnings.append(args))
+    finally:
+        tools.tool_path.cache_clear()
+    assert result == (0, 0) and library.read_bytes() == before
+    assert warnings[0][0] == "warning" and "aarch64-linux-gnu-strip" in warnings[0][2]

@@ -270,7 +270,7 @@ def test_server_predicts_without_numpy_installed(bundle: Path) -> None:
     assert result["bad"][0] == 422 and "got strings" in result["bad"][1]["detail"]
 
 
-SERVER_MODULES = ("server", "payload", "model", "bundle", "metrics", "settings", "errors", "__main__")
+SERVER_MODULES = ("server", "payload", "model", "safe_load", "bundle", "metrics", "settings", "errors", "__main__")
 
 
 @pytest.mark.parametrize("module", SERVER_MODULES)

@@ -104,7 +104,7 @@ def test_a_timeout_returns_what_arrived(prompt_grid) -> None:  # noqa: ANN001
 
 
 def test_the_image_runs_learners_and_cluster_aggregators_warm() -> None:
-    from image_builder.flower_app import APP_WORKDIR, ENTRYPOINT_PATH, runtime_files
+    from flops.app_image import APP_WORKDIR, ENTRYPOINT_PATH, runtime_files
 
     script = runtime_files()[ENTRYPOINT_PATH]
     warm = f"exec python3 {APP_WORKDIR}/flops_app/warm_executor.py -- flower-supernode --insecure"
