@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -18,7 +18,6 @@ from flops.build_defaults import BuildDefaults, load_build_defaults
 from flops.config import RunConfig
 from flops.errors import BuildError, ConfigError, ToolError
 from flops.plan import RunPlan
-from flops.preparation import AugmentedSource, augment_source
 from flops.redaction import redact_url
 from flops.slug import slug
 from flops.workdir import build_log_file, cache_dir
@@ -29,6 +28,9 @@ from image_builder.commands import DEPS_DIR
 from image_builder.prune import Pruned
 from image_builder.spec import host_platform, oci_labels
 from image_builder.torch_cpu import names_torch, torch_constraints
+
+if TYPE_CHECKING:
+    from flops.preparation import AugmentedSource
 
 ENTRYPOINT_PATH = "/opt/flops/entrypoint.sh"
 SELFCHECK_PATH = "/opt/flops/selfcheck.py"
@@ -246,7 +248,7 @@ def app_requirements(dependencies: list[str]) -> list[str]:
     return [f"flwr>={major}.{minor}.0,<{major}.{int(minor) + 1}", *dependencies]
 
 
-def _build(app: AugmentedSource, platforms: list[str], options: ImageOptions, name: str, log_file: Path,
+def _build(app: "AugmentedSource", platforms: list[str], options: ImageOptions, name: str, log_file: Path,
            progress: ProgressCallback | None) -> BuildResult:
     if not options.registry and not options.output:
         raise ConfigError("give --registry HOST[:PORT] or --output oci-archive:PATH")
@@ -267,6 +269,8 @@ def build_source_image(source: str, ref: str | None, config: RunConfig, workdir:
 
     The build's full tool output goes to <workdir>/build-logs/.
     """
+    from flops.preparation import augment_source  # preparation imports the orchestrators, which import this
+
     if not options.registry and not options.output:
         raise ConfigError("give --registry HOST[:PORT] or --output oci-archive:PATH")
     app = augment_source(source, ref, config, cache_dir(workdir), scratch / "app")
@@ -279,6 +283,8 @@ def build_run_image(plan: RunPlan, options: ImageOptions, progress: ProgressCall
 
     The build's full tool output goes to the run's logs (image-build.log).
     """
+    from flops.preparation import AugmentedSource
+
     app = AugmentedSource(app_dir=plan.app_dir, name=plan.source_name, url=plan.source_url, commit=plan.commit,
                           dependencies=plan.dependencies)
     return _build(app, [host_platform() or "linux/amd64"], options, image_name(plan.source_name),

@@ -315,6 +315,9 @@ class KubernetesOrchestrator(Orchestrator):
         core.delete_collection_namespaced_secret(self.namespace, label_selector=selector)
 
     # The process orchestrators start components one by one; here deploy() applies the whole manifest.
+    def _restart(self, plan: RunPlan, record: ComponentRecord) -> None:
+        """Nothing to do: the component's Deployment (restartPolicy Always) replaces a failed pod itself."""
+
     def _start_superlink(self, plan: RunPlan, name: str, role: ComponentRole) -> tuple[ComponentRecord, int]:
         raise NotImplementedError("KubernetesOrchestrator.deploy applies every object at once")
 

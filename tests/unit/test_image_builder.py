@@ -198,7 +198,7 @@ def test_entrypoint_serves_every_role_and_selfcheck_is_valid_python() -> None:
     for role in ROLES:
         assert f"  {role})" in entrypoint
     assert "flower-superlink --disable-runtime-dependency-installation" in entrypoint
-    assert "exec flower-supernode \"$@\"" in entrypoint
+    assert "warm_executor.py -- flower-supernode \"$@\"" in entrypoint
     # TLS and authentication flags come from the orchestrator; the image never forces plain text.
     assert "--insecure" not in entrypoint
     ast.parse(files[SELFCHECK_PATH])

@@ -107,7 +107,7 @@ def test_the_image_runs_learners_and_cluster_aggregators_warm() -> None:
     from flops.app_image import APP_WORKDIR, ENTRYPOINT_PATH, runtime_files
 
     script = runtime_files()[ENTRYPOINT_PATH]
-    warm = f"exec python3 {APP_WORKDIR}/flops_app/warm_executor.py -- flower-supernode --insecure"
+    warm = f"exec python3 {APP_WORKDIR}/flops_app/warm_executor.py -- flower-supernode \"$@\""
     for role in ("learner)", "cluster-aggregator)"):
         branch = script.split(f"  {role}", 1)[1].split(";;", 1)[0]
         assert warm in branch, branch
