@@ -38,4 +38,6 @@ def write_clean_logs(logs_dir: Path, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for path in sorted(logs_dir.glob("*.log")):
         (dest / path.name).write_text(clean_log(path.read_text(errors="replace")))
+    for path in sorted(logs_dir.glob("*.lock")):  # the run environment's resolved packages, as they are
+        (dest / path.name).write_text(path.read_text())
     return dest

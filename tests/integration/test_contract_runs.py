@@ -30,7 +30,7 @@ def test_names_bound_float_train_dict_test_and_default_weights_run_to_finished(t
     assert 0.0 <= summary["final_metrics"]["accuracy"] <= 1.0
     client = _client(summary)
     # train() returned a float: tracked as train_loss, aggregated over the learners each round
-    history = client.get_metric_history(summary["mlflow_run_id"], "train_train_loss")
+    history = client.get_metric_history(summary["mlflow_run_id"], "train_loss")
     assert [m.step for m in history] == [1, 2], history
     # the resolved package set is in the run dir and in the run's MLflow artifacts
     lock = Path(summary["run_dir"]) / "logs" / "requirements.lock"
@@ -45,7 +45,7 @@ def test_a_flower_app_source_runs_with_its_own_config_and_flowers_pin_replaced(t
     result = _submit(tmp_path, "flower_app", "--epochs", "1")
     assert result.returncode == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
-    assert warnings == ["warning: pyproject.toml:11: 'flwr[simulation]>=1.12.0' replaced by FLOps' flwr 1.42.0 "
+    assert warnings == ["warning: pyproject.toml:10: 'flwr[simulation]>=1.12.0' replaced by FLOps' flwr 1.42.0 "
                         "(FLOps owns Flower's version)"], result.stderr
     summary = result.last_json()
     assert (summary["status"], summary["rounds_completed"]) == ("FINISHED", 2)

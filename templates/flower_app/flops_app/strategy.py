@@ -216,8 +216,8 @@ class FlopsAccounting:
         self._check_code_failures(replies, stats, "evaluate")
         answered = [m for m in replies if not m.has_error() and self._evaluate_ok(m)]
         metrics = super().aggregate_evaluate(server_round, answered)  # type: ignore[misc]
-        if metrics is not None:
-            stats["evaluate"] = dict(metrics)
+        if metrics is not None:  # FLOps' own bookkeeping keys (a learner's id) are not model metrics
+            stats["evaluate"] = {k: v for k, v in dict(metrics).items() if not k.startswith("flops-")}
         return metrics
 
     def _evaluate_ok(self, reply: Message) -> bool:
