@@ -70,7 +70,7 @@ def test_an_exception_in_train_names_the_users_line(tmp_path: Path) -> None:
     source = valid_task_source().replace("    criterion = nn.CrossEntropyLoss()\n    net.train()",
                                          "    criterion = nn.CrossEntropyLoss()\n    raise KeyError('lr')\n    net.train()")
     assert _refused(tmp_path, source) == (
-        f"task.py:{_line(source, '    raise KeyError(' + repr('lr') + ')')}: train() on one batch failed: KeyError: 'lr'")
+        f"task.py:{_line(source, '    raise KeyError(' + repr('lr') + ')')}: train() failed: KeyError: 'lr'")
 
 
 # --- `flops validate` and `flops submit` agree: the same checks, the same one line (CLI, no federation) ---
