@@ -216,18 +216,18 @@ def _restart_dead(plan: RunPlan, state: RunState, orchestrator: Any, deployment:
     for name, alive in orchestrator.status(deployment).items():
         if alive:
             continue
-        log_path = orchestrator.logs(deployment, name)
-        if refusal_reason(log_path):  # refused by its SuperLink (key, CA): restarting would be refused again
-            raise RunFailedError(describe_exit(name, log_path))
         if name == "superlink":
             raise RunFailedError(
                 f"the root SuperLink died (log: {orchestrator.logs(deployment, name)}); rounds done are kept in "
                 f"checkpoints: continue with `flops resume {plan.run_id}`"
             )
         try:
+            # A SuperNode restarted with its key is refused while its dead predecessor still counts as online
+            # (Flower's heartbeat patience, up to a minute): the backoff outlasts that. Refused every time: say why.
             restarted = orchestrator.restart(plan, deployment, name)
         except DeployError as exc:
-            raise RunFailedError(str(exc)) from exc
+            log_path = orchestrator.logs(deployment, name)
+            raise RunFailedError(describe_exit(name, log_path) if refusal_reason(log_path) else str(exc)) from exc
         if restarted:
             state.update(deployment=deployment, restarts={**state.restarts, name: state.restarts.get(name, 0) + 1})
 
