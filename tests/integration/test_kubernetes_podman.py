@@ -138,7 +138,7 @@ def test_an_arm64_pinned_learner_carries_the_arch_selector_and_the_image_index_h
         topology = tmp_path / f"topology-{arch}.yaml"
         topology.write_text(yaml.safe_dump({"learners": [
             {"name": "pi-7", "node_selector": {"kubernetes.io/arch": arch}}, {"name": "nuc-1"}]}))
-        return run_flops("export", tiny_task_repo.as_uri(), "--image", image, "--topology", str(topology),
+        return run_flops("export", tiny_task_repo.as_uri(), "--insecure", "--image", image, "--topology", str(topology),
                          "-o", str(out), "--workdir", str(tmp_path / "work"), "--json", timeout_s=1200)
 
     pinned = export_pinned("arm64", tmp_path / "arm64")
