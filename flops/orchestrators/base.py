@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from abc import ABC, abstractmethod
@@ -200,3 +201,16 @@ class Orchestrator(ABC):
     @abstractmethod
     def stop(self, deployment: Deployment) -> None:
         """Stop every component of the deployment; safe to call twice, leaves nothing running."""
+
+
+def hand_run_dir_to_image_user(plan: RunPlan) -> str | None:
+    """Who a container of a FLOps image runs as. The images run as a non-root user: a non-root FLOps runs them as
+    itself (it owns the run directory they write to); FLOps as root hands the run directory to the image's user."""
+    from flops.app_image import IMAGE_UID  # the image step's constant; imported late (app_image -> orchestrators)
+
+    if os.geteuid() != 0:
+        return f"{os.getuid()}:{os.getgid()}"
+    for path in [plan.run_dir, *plan.run_dir.rglob("*")]:
+        if not path.is_symlink():
+            os.chown(path, IMAGE_UID, IMAGE_UID)
+    return None  # the image's own user

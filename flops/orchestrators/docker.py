@@ -7,13 +7,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from flops.app_image import IMAGE_UID
 from flops.errors import DeployError
 from flops.orchestrators.base import (
     ComponentRecord,
     ComponentRole,
     Deployment,
     Orchestrator,
+    hand_run_dir_to_image_user,
     node_config_text,
     wait_for_port,
 )
@@ -87,14 +87,7 @@ class DockerOrchestrator(Orchestrator):
         return mounts
 
     def _container_user(self, plan: RunPlan) -> str | None:
-        """Who a container runs as. FLOps images run as a non-root user: a non-root FLOps runs them as itself (it owns
-        the run directory they write to); FLOps as root hands the run directory to the image's user instead."""
-        if os.geteuid() != 0:
-            return f"{os.getuid()}:{os.getgid()}"
-        for path in [plan.run_dir, *plan.run_dir.rglob("*")]:
-            if not path.is_symlink():
-                os.chown(path, IMAGE_UID, IMAGE_UID)
-        return None  # the image's own user
+        return hand_run_dir_to_image_user(plan)
 
     def _run(self, plan: RunPlan, record: ComponentRecord, role: str, args: list[str]) -> ComponentRecord:
         import docker.errors

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from flops.errors import DeployError
-from flops.orchestrators.base import Deployment, wait_for_port
+from flops.orchestrators.base import Deployment, hand_run_dir_to_image_user, wait_for_port
 from flops.orchestrators.k8s_manifests import (
     COMPONENT_LABEL,
     ManifestBuilder,
@@ -64,6 +64,7 @@ class PodmanKubeOrchestrator(KubernetesOrchestrator):
     def _apply(self, objects: list[dict[str, Any]], plan: RunPlan) -> None:
         image = self.image or plan.image or ""
         tls = ["--tls-verify=false"] if _loopback_registry(image) else []  # the plain-HTTP test registry
+        hand_run_dir_to_image_user(plan)  # the pods' non-root user writes into the run dir (a hostPath here)
         _podman("kube", "play", *tls, str(manifest_path(plan.run_dir)))
 
     def _control_address(self, plan: RunPlan, builder: ManifestBuilder) -> str:
