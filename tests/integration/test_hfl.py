@@ -40,10 +40,11 @@ STEP_B = (30 * 3 + 40 * 4) / 70  # 25/7
 EXAMPLES_A, EXAMPLES_B = 30, 70
 STEP_ROOT = (EXAMPLES_A * LOCAL_ROUNDS * STEP_A + EXAMPLES_B * LOCAL_ROUNDS * STEP_B) / (EXAMPLES_A + EXAMPLES_B)  # 6
 # Bytes on the wire per global round, with the model being 3 float64 (24 bytes): each of the 2 clusters
-# receives and returns one model from/to the root, and in each of its 2 local rounds sends one to and
-# receives one from each of its 2 learners. Without link costs the cost unit is MB over all links.
+# receives and returns one model from/to the root, and in each of its 2 local rounds sends each of its 2
+# learners the model twice (the train and the evaluate message both carry it) and receives one back (the
+# train reply). Without link costs the cost unit is MB over all links.
 MODEL_BYTES = 3 * 8
-BYTES_PER_GLOBAL_ROUND = 2 * 2 * MODEL_BYTES + 4 * LOCAL_ROUNDS * 2 * MODEL_BYTES  # 480
+BYTES_PER_GLOBAL_ROUND = 2 * 2 * MODEL_BYTES + 2 * (2 * LOCAL_ROUNDS * MODEL_BYTES + 2 * LOCAL_ROUNDS * 2 * MODEL_BYTES)  # 672
 COMM_BUDGET = 1.5 * BYTES_PER_GLOBAL_ROUND / 1e6  # one global round fits, a second would not
 
 EXACT_TOPOLOGY = """\
@@ -216,8 +217,9 @@ def test_bytes_are_counted_on_every_link_of_the_hierarchy(exact_run: SubmittedRu
     for name in ("a", "b"):
         cluster = summary["clusters"][name]
         assert cluster["bytes_to_root"] == cluster["bytes_from_root"] == MODEL_BYTES * rounds, cluster
-        per_link = 2 * LOCAL_ROUNDS * MODEL_BYTES * rounds  # 2 learners, one model each way per local round
-        assert cluster["bytes_learners_to_cluster"] == cluster["bytes_cluster_to_learners"] == per_link, cluster
+        replies = 2 * LOCAL_ROUNDS * MODEL_BYTES * rounds  # 2 learners, one train reply per local round
+        assert cluster["bytes_learners_to_cluster"] == replies, cluster
+        assert cluster["bytes_cluster_to_learners"] == 2 * replies, cluster  # train and evaluate messages
 
 
 @pytest.mark.timeout(2700)
