@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -170,6 +171,11 @@ def _bare_plan(tmp_path: Path, name: str):  # noqa: ANN202 - a RunPlan with no a
         learners=plan_learners(2),
     )
     plan.logs_dir.mkdir(parents=True)
+    # SuperNodes start through the app's warm launcher (flwr and the standard library only): that file is all the
+    # app a deploy needs.
+    launcher = Path(__file__).resolve().parents[2] / "templates" / "flower_app" / "flops_app" / "warm_executor.py"
+    (plan.app_dir / "flops_app").mkdir(parents=True)
+    shutil.copyfile(launcher, plan.app_dir / "flops_app" / "warm_executor.py")
     return plan
 
 
