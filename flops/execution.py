@@ -194,8 +194,15 @@ def _monitor(plan: RunPlan, state: RunState, orchestrator: Any, deployment: Any,
 
     while True:
         follow()
-        refuse_intruders(control, deployment.node_ids)
-        flower = control.run_status(state.flower_run_id)
+        try:
+            refuse_intruders(control, deployment.node_ids)
+            flower = control.run_status(state.flower_run_id)
+        except RunFailedError:
+            raise
+        except Exception:  # the Control API did not answer: a dead root SuperLink ends the run resumably
+            time.sleep(POLL_INTERVAL_S)  # a killed process may take a moment to be seen dead
+            _restart_dead(plan, state, orchestrator, deployment)
+            raise
         if flower.finished:
             follow()  # events written before Flower reported the end: a late `finished` or `failed` counts
             if finished and flower.completed:
