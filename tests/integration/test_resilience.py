@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 def _faulty_repo(tmp_path: Path, faults: dict[int, str]) -> Path:
     source = tmp_path / "source"
-    source.mkdir()
+    source.mkdir(parents=True)
     for name in ("task.py", "requirements.txt"):
         (source / name).write_text((FIXTURES_DIR / "faulty_learners" / name).read_text())
     task = source / "task.py"
