@@ -21,7 +21,9 @@ from types import ModuleType
 from typing import Any
 
 FAILURE_EXIT_CODE = 3
-ADAPTER_FILE = Path(__file__).resolve().parents[2] / "templates" / "flower_app" / "flops_app" / "user_task.py"
+# The templates ship as the `flops_templates` package (a wheel has no templates/ beside flops/); only its location
+# is read here, so this probe still imports nothing but the standard library before the user's code.
+ADAPTER_FILE = Path(importlib.util.find_spec("flops_templates").origin).parent / "flower_app" / "flops_app" / "user_task.py"
 
 
 class ProbeFailure(Exception):
