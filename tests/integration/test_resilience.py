@@ -115,7 +115,7 @@ def test_a_killed_learner_is_restarted_and_a_killed_submit_does_not_stop_the_run
     client = MlflowClient(tracking_uri=summary["tracking_uri"])
     run = client.get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED"
-    assert _metric_steps(client, summary["mlflow_run_id"], "central_accuracy") == [1, 2, 3, 4]
+    assert _metric_steps(client, summary["mlflow_run_id"], "central_accuracy") == [0, 1, 2, 3, 4]  # round 0: the initial model
     assert client.get_run(summary["mlflow_run_id"]).data.tags["flops.model_uri"] == summary["model_uri"]
     assert_no_process_left(run_id)
 
@@ -204,5 +204,5 @@ def test_a_killed_superlink_fails_the_run_resumably_and_resume_continues_the_sam
     assert started[-1]["resumed_from"] >= 2, started  # the new aggregator began after the checkpoint
     client = MlflowClient(tracking_uri=summary["tracking_uri"])
     assert client.get_run(summary["mlflow_run_id"]).info.status == "FINISHED"
-    assert _metric_steps(client, summary["mlflow_run_id"], "central_accuracy") == [1, 2, 3, 4]  # each round once
+    assert _metric_steps(client, summary["mlflow_run_id"], "central_accuracy") == [0, 1, 2, 3, 4]  # each round once, round 0 included
     assert_no_process_left(run_id)
