@@ -33,7 +33,7 @@ demo: install
 # Install everything the tests need, then run the whole suite (real processes, registry, buildah, dockerd).
 # CI=1: a container test whose tooling is missing fails instead of skipping (`containers` set it up).
 test: install containers test-wheel
-	CI=1 $(FLOPS_VENV)/bin/pytest -p no:cacheprovider -ra --basetemp=/tmp/flops-pytest
+	CI=1 $(FLOPS_VENV)/bin/pytest -p no:cacheprovider -ra --durations=40 --basetemp=/tmp/flops-pytest
 
 test-fast: install
 	$(FLOPS_VENV)/bin/pytest -p no:cacheprovider -ra tests/unit

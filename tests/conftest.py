@@ -144,8 +144,13 @@ FLOPS = Path(sys.executable).parent / "flops"
 
 
 def flops_env(**extra: str) -> dict[str, str]:
-    """The environment `flops` runs in: never reach a package index (everything is installed already)."""
-    return {**os.environ, "PIP_NO_INDEX": "1", "PYTHONUNBUFFERED": "1", **extra}
+    """The environment `flops` runs in: never reach a package index (everything is installed already).
+
+    MLflow's set_tracking_uri() exports MLFLOW_TRACKING_URI into this process's environment, so a test that
+    read a store in-process would otherwise point every later `flops` at that store instead of its --workdir.
+    """
+    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    return {**inherited, "PIP_NO_INDEX": "1", "PYTHONUNBUFFERED": "1", **extra}
 
 
 @dataclass

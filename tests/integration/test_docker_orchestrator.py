@@ -37,7 +37,6 @@ def app_and_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     shutil.copytree(HERE / "tiny_task", repo)
     for args in (["init", "-q"], ["add", "-A"], ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x"]):
         subprocess.run(["git", *args], cwd=repo, check=True)
-    os.environ.setdefault("FLOPS_CACHE_DIR", str(work / "cache"))
     app = augment_source(str(repo), None, RunConfig(), cache_dir(work), work / "app")
     app_dir = app.app_dir
     spec = flower_app_spec(app_dir, name="flops-test/docker-orchestrator", requirements=app_requirements(app.dependencies),
