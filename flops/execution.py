@@ -229,8 +229,8 @@ def _restart_dead(plan: RunPlan, state: RunState, orchestrator: Any, deployment:
                 f"checkpoints: continue with `flops resume {plan.run_id}`"
             )
         try:
-            # A SuperNode restarted with its key is refused while its dead predecessor still counts as online
-            # (Flower's heartbeat patience, up to a minute): the backoff outlasts that. Refused every time: say why.
+            # An authenticated SuperNode restarts under a freshly registered key (see LinkSecurity.renew_identity).
+            # Refused every time: say why.
             restarted = orchestrator.restart(plan, deployment, name)
         except DeployError as exc:
             log_path = orchestrator.logs(deployment, name)

@@ -16,6 +16,7 @@ from flwr.proto.control_pb2 import (  # pylint: disable=E0611
     RegisterNodeRequest,
     StartRunRequest,
     StopRunRequest,
+    UnregisterNodeRequest,
 )
 from flwr.supercore.control import ControlHttpClient
 from flwr.supercore.interceptors.http.runtime_version import RuntimeVersionHttpInterceptor
@@ -59,6 +60,13 @@ class FlowerControl:
         except Exception as exc:  # the client raises transport and protocol errors of several types
             raise DeployError(f"SuperLink at {self.address} refused to register {name}: {exc}") from exc
         return int(response.node_id)
+
+    def unregister_node(self, node_id: int, name: str) -> None:
+        """Unregister a SuperNode (what `flwr supernode unregister` does): it is offline from now on."""
+        try:
+            self._client.UnregisterNode(UnregisterNodeRequest(node_id=node_id))
+        except Exception as exc:  # the client raises transport and protocol errors of several types
+            raise DeployError(f"SuperLink at {self.address} refused to unregister {name} (node {node_id}): {exc}") from exc
 
     def start_run(self, app_dir: Path, overrides: dict[str, str | int | float | bool]) -> int:
         """Build the app's FAB and start it; returns Flower's run id."""

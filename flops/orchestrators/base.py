@@ -152,6 +152,8 @@ class Orchestrator(ABC):
         if now < not_before[component]:
             return False
         del not_before[component]
+        self.security.renew_identity(component)
+        deployment.node_ids = self.security.registered(deployment.control_address)
         self._restart(plan, record)
         record.restarts += 1
         return True

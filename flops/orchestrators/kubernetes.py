@@ -314,9 +314,14 @@ class KubernetesOrchestrator(Orchestrator):
         core.delete_collection_namespaced_config_map(self.namespace, label_selector=selector)
         core.delete_collection_namespaced_secret(self.namespace, label_selector=selector)
 
+    def restart(self, plan: RunPlan, deployment: Deployment, component: str) -> bool:
+        """Never restarted from here: the component's Deployment (restartPolicy Always) replaces a failed pod
+        itself. A learner whose pod stays stuck is left out of rounds by the aggregator's quorum."""
+        return False
+
     # The process orchestrators start components one by one; here deploy() applies the whole manifest.
     def _restart(self, plan: RunPlan, record: ComponentRecord) -> None:
-        """Nothing to do: the component's Deployment (restartPolicy Always) replaces a failed pod itself."""
+        raise NotImplementedError("Kubernetes replaces failed pods itself")
 
     def _start_superlink(self, plan: RunPlan, name: str, role: ComponentRole) -> tuple[ComponentRecord, int]:
         raise NotImplementedError("KubernetesOrchestrator.deploy applies every object at once")

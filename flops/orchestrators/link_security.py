@@ -82,6 +82,27 @@ class LinkSecurity:
         self._registered.setdefault(superlink_address, {})[name] = node_id
         return ["--root-certificates", str(self.authority.ca_cert), "--auth-supernode-private-key", str(key.private_key)]
 
+    def renew_identity(self, name: str) -> None:
+        """Give the SuperNode NAME, found dead, a fresh registered key at the same path before it starts again.
+
+        Flower counts a dead SuperNode online for two heartbeats (up to a minute) and refuses a second node with
+        its key meanwhile; its public key also stays taken after unregistering. So the dead node is unregistered
+        (offline at once, out of every round's sample) and a new key is registered: the learner rejoins at the
+        next round as itself (its name and partition travel in its node config, not in the Flower node id).
+        """
+        if self.authority is None:
+            return
+        address = next((a for a, nodes in self._registered.items() if name in nodes), None)
+        if address is None:
+            return
+        control = FlowerControl(address, self.authority.ca_cert)
+        try:
+            control.unregister_node(self._registered[address][name], name)
+            key = self.authority.node_key(name)
+            self._registered[address][name] = control.register_node(key.public_key_pem, name)
+        finally:
+            control.close()
+
     def wait_until_online(self, timeout_s: float, exit_reason: Callable[[str], str | None],
                           log_path: Callable[[str], Path]) -> None:
         """Return once every registered SuperNode is online at its SuperLink. A SuperNode that exits first

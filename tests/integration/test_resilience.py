@@ -71,10 +71,6 @@ def _metric_steps(client: MlflowClient, mlflow_run_id: str, key: str) -> list[in
     return sorted(m.step for m in client.get_metric_history(mlflow_run_id, key))
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "issue 11, open: with SuperNode authentication a restarted learner is refused until Flower stops counting its "
-    "dead predecessor as online (2 heartbeats, up to 60 s), so with ~10-25 s rounds it misses 3 rounds, not <= 2; "
-    "fix: unregister and re-register its key before the restart"))
 def test_a_killed_learner_is_restarted_and_a_killed_submit_does_not_stop_the_run(tmp_path: Path) -> None:
     """kill -9 of learner-1 and of `flops submit` in round 2: the run finishes and registers its model;
     learner-1 is missing from at most 2 rounds, restarted, and takes part again; status reattaches."""
