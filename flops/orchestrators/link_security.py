@@ -13,6 +13,7 @@ from flops.flower_control import FlowerControl
 from flops.plan import RunPlan
 
 ONLINE = "online"
+UNREGISTERED = "unregistered"  # a node FLOps unregistered (restarted under a new key): it can no longer connect
 ONLINE_POLL_S = 0.2
 # What a refused SuperNode writes after Flower's "Failed to initialize the connection" (exit code 305).
 _REFUSAL_MARKER = "Failed to initialize the connection to the SuperLink."
@@ -137,7 +138,7 @@ def refuse_intruders(control: FlowerControl, known: dict[str, int]) -> None:
     if not known:
         return
     ours = set(known.values())
-    foreign = [n for n in control.list_nodes() if n.node_id not in ours]
+    foreign = [n for n in control.list_nodes() if n.node_id not in ours and n.status != UNREGISTERED]
     if foreign:
         node = foreign[0]
         raise RunFailedError(f"SuperNode {node.node_id} ('{node.name}', {node.status}) was registered at the "
