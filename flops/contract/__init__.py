@@ -79,6 +79,9 @@ def check_contract(code_dir: Path, label: str | None = None) -> ContractSpec:
     return spec
 
 
+IMPORT_CHECK_ENV = "FLOPS_IMPORT_CHECK"  # set to "1" in the environment of the import check's process
+
+
 def run_import_check(
     spec: ContractSpec, python: Path, num_partitions: int = 2, batch_size: int = 32, timeout_s: float = 180
 ) -> ProbeResult:
@@ -88,8 +91,9 @@ def run_import_check(
 
     # Run the probe by file path, not `-m flops.contract.probe`: the run's env needs numpy, not FLOps' deps.
     command = [str(python), probe.__file__, str(spec.code_dir), spec.task_module, str(num_partitions), str(batch_size)]
-    # No __pycache__ in the checkout: it is the pinned commit's tree, later packaged as is.
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    # No __pycache__ in the checkout: it is the pinned commit's tree, later packaged as is. IMPORT_CHECK_ENV
+    # tells a task that this is the check, not a learner (a task may skip side effects such as logging there).
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", IMPORT_CHECK_ENV: "1"}
     try:
         done = subprocess.run(
             command,

@@ -1,5 +1,5 @@
 """Warm learners: one process per learner and run serves every round, with the same results as Flower's
-one-process-per-message path; a killed warm process is a learner failure that leaves nothing behind.
+one-process-per-message path; a killed warm process is a lost learner for one round and leaves nothing behind.
 
 The task (tests/fixtures/warm_probe_task) is seeded and writes "<call> <pid> <partition>" per load_data()
 and train() call to probe.log, so the tests see which process did what.
@@ -7,6 +7,7 @@ and train() call to probe.log, so the tests see which process did what.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -62,7 +63,6 @@ def warm_and_cold(probe_repo: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.mark.timeout(1800)  # its fixture runs two federations, one of them on Flower's cold path
-@pytest.mark.xfail(strict=False, reason='issue 14, open: failed once in the merged suite (2026-12-02, quiet machine), not yet investigated')
 def test_each_learner_keeps_one_process_and_loads_its_data_once(warm_and_cold: tuple[ProbedRun, ProbedRun]) -> None:
     warm, cold = warm_and_cold
     learner_pids = set()
@@ -70,7 +70,9 @@ def test_each_learner_keeps_one_process_and_loads_its_data_once(warm_and_cold: t
         trains = warm.pids("train", str(i))
         assert len(trains) == ROUNDS, warm.calls
         assert len(set(trains)) == 1, f"learner {i} trained in processes {trains}: not one warm process"
-        assert warm.pids("load_data", f"{i}/{LEARNERS}") == trains[:1], warm.calls
+        # The learner's process loaded its partition once (the root's central test set and the model logger's
+        # input example are loaded by processes of their own).
+        assert [p for p in warm.pids("load_data", f"{i}/{LEARNERS}") if p in trains] == trains[:1], warm.calls
         learner_pids |= set(trains)
     assert len(learner_pids) == LEARNERS, warm.calls
     # The cold path, for contrast: a fresh process, and a fresh load_data(), per message.
@@ -108,8 +110,9 @@ def _run_processes(run_id: str) -> set[int]:
     return set(processes_of_run(run_id))
 
 
-@pytest.mark.xfail(strict=False, reason='issues 11/14: a killed learner is now restarted (issue 11), so this expectation (the run fails) is out of date; to rewrite')
-def test_kill_9_of_a_warm_learner_mid_round_fails_the_run_naming_it(probe_repo: Path, tmp_path: Path) -> None:
+def test_kill_9_of_a_warm_learner_mid_round_leaves_it_out_of_that_round_only(probe_repo: Path, tmp_path: Path) -> None:
+    """A warm worker killed mid-round is a lost learner, not broken code: the round closes without it, the next
+    task starts a new warm worker, the run finishes, and no zombie or process is left behind."""
     probe, workdir = tmp_path / "probe", tmp_path / "work"
     probe.mkdir()
     (probe / "hold").touch()  # every train() waits: the kill lands mid-round
@@ -129,16 +132,22 @@ def test_kill_9_of_a_warm_learner_mid_round_fails_the_run_naming_it(probe_repo: 
         run_id = next(p.name for p in (workdir / "runs").iterdir())
         assert not _zombies_under(_run_processes(run_id)), _zombies_under(_run_processes(run_id))
         os.kill(pids["1"], signal.SIGKILL)
-        stdout, stderr = proc.communicate(timeout=300)
+        (probe / "hold").unlink()
+        stdout, stderr = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     result = FlopsResult(proc.returncode, stdout, stderr, 0.0)
-    assert result.returncode == 1, result.output
+    assert result.returncode == 0, result.output
     summary = result.last_json()
-    assert summary["status"] == "FAILED"
-    assert "learner 1" in summary["message"] and "killed by signal 9" in summary["message"], summary["message"]
+    assert summary["status"] == "FINISHED" and summary["rounds_completed"] == 3, summary
+    rounds = [json.loads(line) for line in (Path(summary["run_dir"]) / "output" / "events.jsonl").read_text().splitlines()]
+    rounds = [e for e in rounds if e["event"] == "round" and e["round"] >= 1]
+    assert [e["missing"] for e in rounds] == [["learner-1"], [], []], rounds
+    trains = [int(pid) for c, pid, p in (ln.split() for ln in (probe / "probe.log").read_text().splitlines())
+              if c == "train" and p == "1"]
+    assert trains[0] == pids["1"] and len(set(trains[1:])) == 1 and pids["1"] not in trains[1:], trains
     assert "Traceback" not in result.stderr, result.stderr
     assert_no_process_left(run_id)
     assert not _zombies_under({os.getpid()}), "flops left <defunct> children"

@@ -6,8 +6,9 @@ run's ClientApp (the user's task, model and data) loaded and serves every messag
 The launcher is the component's one process group: it starts the SuperNode as its child, takes the
 SuperNode's ClientApp tasks over the Runtime API (as Flower's SuperExec would) and hands each task's token
 to the worker of that task's run and FAB. A new run or FAB gets a new worker; the previous one is retired.
-The launcher exits when the SuperNode does (with its code); a worker that dies mid-task is answered with an
-error reply, so the root aggregator fails the run naming the learner instead of waiting for it.
+The launcher exits when the SuperNode does (with its code); a worker that dies mid-task is answered with a
+"crashed" error reply naming the learner, as Flower answers for a dead flwr-clientapp: the aggregator leaves the
+learner out of that round instead of waiting for it, and the next task starts a new worker.
 
 Runs as a script (not as part of the flops_app package) and imports only Flower and the standard library:
 the worker loads the run's ClientApp from the FAB the SuperNode hands out, like flwr-clientapp does.
@@ -241,7 +242,7 @@ def _runtime_client(runtime_api: str, token: str | None):  # noqa: ANN202 - Flow
 
 def _answer_for_dead_worker(runtime_api: str, token: str, guard: bytes | None, reason: str) -> None:
     """Push the error reply the worker prepared (naming the learner) and close its task as failed."""
-    from flwr.common.constant import SubStatus
+    from flwr.common.constant import ErrorCode, SubStatus
     from flwr.common.serde import message_from_proto
     from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=E0611
     from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
@@ -251,6 +252,8 @@ def _answer_for_dead_worker(runtime_api: str, token: str, guard: bytes | None, r
         if guard is not None:
             proto = ProtoMessage.FromString(guard)
             proto.error.reason = f"{proto.error.reason}: warm learner process {reason} during this task"
+            # A lost process, not an exception from the user's code (which the worker answers itself).
+            proto.error.code = ErrorCode.CLIENT_APP_CRASHED
             push_message(client, message_from_proto(proto), _Ids(proto.metadata.run_id, proto.metadata.src_node_id))
         push_task_output(client, None, SubStatus.FAILED, f"warm learner process {reason}")
     except Exception as err:  # noqa: BLE001 - the SuperNode may be gone too; the component's exit says so
