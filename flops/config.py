@@ -115,7 +115,23 @@ class RunConfig(BaseModel):
             value = getattr(self.strategy, field)
             if value is not None and value > self.learners:
                 raise ValueError(f"strategy.{field} = {value} exceeds learners = {self.learners}")
+        if self.strategy.name == "krum":
+            self._check_krum()
         return self
+
+    def _check_krum(self) -> None:
+        """Krum scores each update by its n - f - 2 nearest others: with fewer than 2f + 3 updates to choose
+        from it cannot outvote f poisoned ones (and with n - f - 2 <= 0 it picks arbitrarily)."""
+        f = self.strategy.params.get("num_malicious_nodes", 0)
+        if f != int(f) or f < 0:
+            raise ValueError(f"strategy.params.num_malicious_nodes = {f}: must be a whole number >= 0")
+        groups = {"learners": self.learners} if self.clusters == 0 else {
+            "clusters (updates at the root)": self.clusters,
+            "learners per cluster (at least learners // clusters)": self.learners // self.clusters}
+        for what, n in groups.items():
+            if n < 2 * f + 3:
+                raise ValueError(f"strategy krum with num_malicious_nodes = {int(f)} needs at least {int(2 * f + 3)} "
+                                 f"updates per aggregation (2f + 3); {what}: {n}")
 
     def hierarchy_options_given(self) -> list[str]:
         """Fields set by the user that only a hierarchical run uses (refused on a flat one)."""

@@ -109,6 +109,17 @@ def test_strategy_by_name_with_its_own_parameters(tmp_path: Path) -> None:
         load_config(_write(tmp_path, "strategy:\n  name: fedsgd\n"), {})
 
 
+def test_krum_needs_2f_plus_3_updates_in_every_aggregation(tmp_path: Path) -> None:
+    ok = load_config(_write(tmp_path, "learners: 5\nstrategy: {name: krum, params: {num_malicious_nodes: 1}}\n"), {})
+    assert ok.strategy.params == {"num_malicious_nodes": 1}
+    with pytest.raises(ConfigError, match=r"krum with num_malicious_nodes = 1 needs at least 5 .* learners: 4"):
+        load_config(_write(tmp_path, "learners: 4\nstrategy: {name: krum, params: {num_malicious_nodes: 1}}\n"), {})
+    with pytest.raises(ConfigError, match=r"needs at least 3 .*learners per cluster .*: 2"):
+        load_config(_write(tmp_path, "learners: 6\nclusters: 3\nstrategy: {name: krum}\n"), {})
+    with pytest.raises(ConfigError, match=r"num_malicious_nodes = 1.5: must be a whole number"):
+        load_config(_write(tmp_path, "learners: 9\nstrategy: {name: krum, params: {num_malicious_nodes: 1.5}}\n"), {})
+
+
 def test_schema_forbids_unknown_fields_and_describes_the_top_level() -> None:
     schema = json.loads(config_json_schema())
     assert schema["additionalProperties"] is False
