@@ -11,7 +11,8 @@ from cli.options import echo_json, json_option, workdir_option
 from cli.progress import ProgressPrinter, make_progress
 from flops.config import load_config
 from flops.errors import ConfigError, FlopsError
-from flops.orchestrators import EXPORTERS, orchestrator_class
+from flops.orchestrators import EXPORTERS, orchestrator_for
+from flops.plan import KubernetesTarget
 from flops.runstate import load_state
 
 
@@ -50,7 +51,7 @@ def export_command(source: str, orchestrator: str, output_dir: Path, image: str 
                    topology_file: Path | None, assignment: str | None, tracking_uri: str | None,
                    insecure: bool, workdir: Path, as_json: bool) -> None:
     """Prepare SOURCE as a run (checks, environment, app) and write its manifests to OUTPUT."""
-    from flops.app_image import ImageOptions, build_run_image
+    from flops.app_image import ImageOptions, run_image_step
     from flops.preparation import prepare_run
     from flops.tracking import default_tracking_uri
 
@@ -65,13 +66,13 @@ def export_command(source: str, orchestrator: str, output_dir: Path, image: str 
     if not image:
         options = ImageOptions.checked(registry=registry or "", base_image=base_image, pip_find_links=[],
                                        platform_constraints=[], tls_verify=tls_verify)
-        build_image = lambda plan: build_run_image(plan, options, progress=ProgressPrinter()).image  # noqa: E731
+        build_image = run_image_step(options, ProgressPrinter())
     plan = prepare_run(source, ref, config, workdir, orchestrator, tracking_uri or default_tracking_uri(workdir),
-                       make_progress(), topology_file, image, build_image, insecure=insecure)
+                       make_progress(), topology_file, image, build_image, insecure=insecure,
+                       kubernetes=KubernetesTarget(namespace=namespace))
     state = load_state(workdir, plan.run_id)
     try:
-        path = orchestrator_class(orchestrator)(image=plan.image, namespace=namespace).export(
-            plan, output_dir.resolve() / f"{plan.run_id}.yaml")
+        path = orchestrator_for(plan).export(plan, output_dir.resolve() / f"{plan.run_id}.yaml")
     except FlopsError as exc:
         state.update(status="FAILED", phase="exporting", message=str(exc))
         raise

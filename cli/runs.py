@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import os
 import sys
 import time
 from pathlib import Path
@@ -13,12 +11,13 @@ import click
 from cli.errors import reports_errors
 from cli.options import echo_json, json_option, workdir_option
 from cli.progress import ProgressPrinter, make_progress
-from flops.app_image import ImageOptions, build_run_image
+from flops.app_image import ImageOptions, run_image_step
 from flops.config import load_config
 from flops.controller import EXIT_CODES, follow_run, start_detached
-from flops.errors import BadInputError, ConfigError
+from flops.errors import ConfigError
 from flops.orchestrators import NEEDS_IMAGE, ORCHESTRATORS
-from flops.plan import RunPlan
+from flops.plan import KubernetesTarget
+from flops.run_inspection import component_log, component_pods
 from flops.runstate import RunState, latest_run_id, list_states, load_state, observed_state
 
 # flops.execution pulls in MLflow (seconds of imports): loaded by the commands that run or stop runs only.
@@ -113,19 +112,20 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
         raise ConfigError(f"{', '.join(given)}: only for container orchestrators "
                           f"({', '.join(sorted(NEEDS_IMAGE))}); --orchestrator {orchestrator} runs local processes")
     build_image = None
-    _kube_settings(namespace, kube_context)
     if orchestrator in NEEDS_IMAGE and not image:
         if not registry:
             raise ConfigError(f"--orchestrator {orchestrator} runs a FLOps image: pass --image, or --registry to build one")
-        options = ImageOptions.checked(registry=registry, base_image=base_image, pip_find_links=list(pip_find_links),
-                                       platform_constraints=list(platform_constraints), tls_verify=tls_verify)
-        build_image = functools.partial(_run_image, options=options)
+        build_image = run_image_step(ImageOptions.checked(
+            registry=registry, base_image=base_image, pip_find_links=list(pip_find_links),
+            platform_constraints=list(platform_constraints), tls_verify=tls_verify), ProgressPrinter())
+    kubernetes = KubernetesTarget(namespace=namespace or "default", context=kube_context) \
+        if namespace or kube_context else None
     if insecure:
         click.echo("warning: --insecure: Flower links are plain text and any SuperNode may join", err=True)
     progress = make_progress()
     plan = prepare_run(source, ref, config, workdir, orchestrator, tracking_uri or default_tracking_uri(workdir),
                        progress, topology_file, image, build_image, insecure=insecure,
-                       allow_insecure_network=allow_insecure_network)
+                       allow_insecure_network=allow_insecure_network, kubernetes=kubernetes)
     for cluster in plan.clusters:
         click.echo(f"cluster {cluster.name}: {', '.join(l.name for l in cluster.learners)}", err=True)
     if detach:
@@ -139,21 +139,6 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
     state = follow_run(workdir, plan.run_id, progress, stop_on_interrupt=True)
     _report(state, as_json)
     sys.exit(EXIT_CODES[state.status])
-
-
-def _run_image(plan: RunPlan, options: ImageOptions) -> str:
-    result = build_run_image(plan, options, progress=ProgressPrinter())
-    click.echo(f"image {result.image}{' (cached)' if result.cached else ''}", err=True)
-    return result.image
-
-
-def _kube_settings(namespace: str | None, kube_context: str | None) -> None:
-    """The kubernetes orchestrator reads these from the environment (a detached controller inherits it)."""
-    from flops.orchestrators.kubernetes import CONTEXT_ENV, NAMESPACE_ENV
-
-    for variable, value in ((NAMESPACE_ENV, namespace), (CONTEXT_ENV, kube_context)):
-        if value:
-            os.environ[variable] = value
 
 
 @click.command("resume")
@@ -193,27 +178,13 @@ def status_command(run_id: str | None, wait: bool, workdir: Path, as_json: bool)
         click.echo(f"  {key}: {value:.6g}")
     if "central_loss" in state.latest_metrics and "central_accuracy" not in state.latest_metrics:
         click.echo(f"  {NO_ACCURACY}")
-    for name, pod in _pods_of(state).items():  # kubernetes runs: each component's pod, from the cluster
+    for name, pod in component_pods(state).items():  # kubernetes runs: each component's pod, from the cluster
         click.echo(f"  {name}: " + (f"{pod.phase}{' ready' if pod.ready else ''}, {pod.restarts} restarts"
                                     + (f" ({pod.waiting_reason})" if pod.waiting_reason else "") if pod else "no pod"))
     if state.message:
         click.echo(f"  {state.message}")
     if wait:
         sys.exit(EXIT_CODES.get(state.status, 0))
-
-
-def _kube_orchestrator(state: RunState):  # noqa: ANN202 - a KubernetesOrchestrator, imported late
-    """The orchestrator of a live run whose components are pods (kubernetes, podman-kube), else None."""
-    from flops.orchestrators import EXPORTERS, get_orchestrator
-
-    if state.deployment is None or state.deployment.orchestrator not in EXPORTERS or state.status in EXIT_CODES:
-        return None
-    return get_orchestrator(state.deployment.orchestrator, RunPlan.load(state.run_dir).image)
-
-
-def _pods_of(state: RunState) -> dict:
-    orchestrator = _kube_orchestrator(state)
-    return orchestrator.describe(state.deployment) if orchestrator is not None else {}
 
 
 @click.command("list")
@@ -240,14 +211,7 @@ def list_command(workdir: Path, as_json: bool) -> None:
 @reports_errors
 def logs_command(run_id: str, component: str, follow: bool, workdir: Path) -> None:
     """Print a component's log."""
-    state = load_state(workdir, run_id)
-    path = state.run_dir / "logs" / f"{component}.log"
-    orchestrator = _kube_orchestrator(state)
-    if orchestrator is not None and component in {c.name for c in state.deployment.components}:
-        orchestrator.logs(state.deployment, component)  # the pod's log, read from the cluster into path
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in (state.run_dir / "logs").glob("*.log")))
-        raise BadInputError(f"no log for component '{component}' in run {run_id} (have: {known})")
+    path = component_log(load_state(workdir, run_id), component)
     with open(path, errors="replace") as fh:
         while True:
             chunk = fh.read()

@@ -4,7 +4,7 @@ this machine's build settings) and maps the builder's errors."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -276,6 +276,18 @@ def build_source_image(source: str, ref: str | None, config: RunConfig, workdir:
     app = augment_source(source, ref, config, cache_dir(workdir), scratch / "app")
     name = name or image_name(app.name)
     return _build(app, platforms, options, name, build_log_file(workdir, name), progress)
+
+
+def run_image_step(options: ImageOptions, progress: ProgressCallback | None = None) -> Callable[[RunPlan], str]:
+    """The image step of a run that needs an image and was given none: build (or find) it, say which, return it."""
+
+    def step(plan: RunPlan) -> str:
+        result = build_run_image(plan, options, progress)
+        if progress is not None:
+            progress(ProgressEvent(kind="done", step=f"image {result.image}{' (cached)' if result.cached else ''}"))
+        return result.image
+
+    return step
 
 
 def build_run_image(plan: RunPlan, options: ImageOptions, progress: ProgressCallback | None = None) -> BuildResult:

@@ -12,7 +12,7 @@ from typing import Any
 from flops.errors import BadInputError, DeployError, FlopsError, RunFailedError
 from flops.flower_control import FlowerControl
 from flops.flower_run_config import root_overrides
-from flops.orchestrators import get_orchestrator
+from flops.orchestrators import orchestrator_for
 from flops.orchestrators.link_security import describe_exit, refusal_reason, refuse_intruders
 from flops.plan import RunPlan
 from flops.preparation import Progress, StopRequested, SilentProgress, raise_stop
@@ -48,7 +48,7 @@ def execute_run(plan: RunPlan, progress: Progress | None = None, resume: bool = 
     state.update(status="RUNNING", phase="deploying", controller_pid=os.getpid(), message="", ended_at=None,
                  resumable=False, model_uri=None)
     progress.phase(state)
-    orchestrator = get_orchestrator(plan.orchestrator, plan.image)
+    orchestrator = orchestrator_for(plan)
     # The embedded store keeps artifacts beside it; a tracking server decides where its artifacts go.
     embedded = plan.tracking_uri.startswith("sqlite:")
     tracker = Tracker(plan.tracking_uri, plan.run_dir.parent.parent / "mlartifacts" if embedded else None)
@@ -273,7 +273,7 @@ def stop_run(workdir: Path, run_id: str, wait_s: float = 30.0) -> RunState:
                 return state
     plan = RunPlan.load(state.run_dir)
     if state.deployment is not None:
-        get_orchestrator(state.deployment.orchestrator, plan.image).stop(state.deployment)
+        orchestrator_for(plan).stop(state.deployment)
     if state.mlflow_run_id:
         try:
             Tracker(plan.tracking_uri, None).client.set_terminated(state.mlflow_run_id, status="KILLED")

@@ -34,6 +34,13 @@ class ClusterSpec(BaseModel):
         return f"cluster-{self.index}"
 
 
+class KubernetesTarget(BaseModel):
+    """Where a kubernetes or podman-kube run's objects go; kept in the plan so every later command finds them."""
+
+    namespace: str = "default"
+    context: str | None = None  # kubeconfig context; None: the current one
+
+
 class RunPlan(BaseModel):
     """What `flops submit` decided: source, app, environment, config and the topology to start."""
 
@@ -55,6 +62,7 @@ class RunPlan(BaseModel):
     task_module: str  # import name of the user's task module inside the app's user/ folder
     dependencies: list[str]
     insecure: bool = False  # --insecure: plain-text Flower links, no SuperNode authentication
+    kubernetes: KubernetesTarget | None = None  # kubernetes and podman-kube runs only
 
     @property
     def hierarchical(self) -> bool:

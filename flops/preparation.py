@@ -24,8 +24,9 @@ from flops.environment import ensure_run_env, lock_file
 from flops.errors import BadInputError, ConfigError, ContractError, FlopsError
 from flops.intake import Source, fetch_source
 from flops.credentials import LOOPBACK_NAMES, refuse_insecure_network
-from flops.orchestrators import orchestrator_class
-from flops.plan import RunPlan, new_run_id, plan_clusters
+from flops.orchestrators import EXPORTERS, orchestrator_class
+from flops.orchestrators.kubernetes import check_namespace
+from flops.plan import KubernetesTarget, RunPlan, new_run_id, plan_clusters
 from flops.runstate import RunState, runs_dir
 from flops.topology import Topology, load_topology, topology_from_counts
 from flops.workdir import cache_dir
@@ -70,18 +71,24 @@ def prepare_run(
     source: str, ref: str | None, config: RunConfig, workdir: Path, orchestrator: str,
     tracking_uri: str, progress: Progress | None = None, topology_file: Path | None = None,
     image: str | None = None, build_image: Callable[[RunPlan], str] | None = None,
-    insecure: bool = False, allow_insecure_network: bool = False,
+    insecure: bool = False, allow_insecure_network: bool = False, kubernetes: KubernetesTarget | None = None,
 ) -> RunPlan:
     """Everything that can reject bad input, before anything starts. Raises BadInputError subclasses.
 
     `image` is a ready FLOps image; else `build_image`, when given, makes one from the prepared plan (the
-    image step, passed in because preparation comes before it). Input refused here leaves no run behind.
+    image step, passed in because preparation comes before it). `kubernetes` (namespace, context) is for the
+    kubernetes and podman-kube orchestrators only. Input refused here leaves no run behind.
     """
     progress = progress or SilentProgress()
     workdir = workdir.resolve()
     if not insecure and not orchestrator_class(orchestrator).carries_credentials:  # an unknown name fails here too
         raise ConfigError(f"--orchestrator {orchestrator} does not carry the run's TLS material and SuperNode keys "
                           "yet: pass --insecure (plain-text Flower links inside the cluster)")
+    if kubernetes is not None and orchestrator not in EXPORTERS:
+        raise ConfigError(f"--namespace/--kube-context: only for {' and '.join(sorted(EXPORTERS))} runs; "
+                          f"--orchestrator {orchestrator} starts no Kubernetes objects")
+    if kubernetes is not None:
+        check_namespace(kubernetes.namespace)
     if insecure:  # every orchestrator binds loopback today; topology hosts will add theirs here
         refuse_insecure_network(list(LOOPBACK_NAMES), allow_insecure_network)
     topology = _topology(config, topology_file)
@@ -104,7 +111,8 @@ def prepare_run(
         elif build_image is not None:
             progress.phase(state.update(phase="building image"))
             plan = plan.model_copy(update={"image": build_image(plan)})
-        plan = plan.model_copy(update={"insecure": insecure})
+        plan = plan.model_copy(update={"insecure": insecure,
+                                       "kubernetes": kubernetes or (KubernetesTarget() if orchestrator in EXPORTERS else None)})
         plan.save()
         return plan
     except (StopRequested, KeyboardInterrupt):

@@ -157,10 +157,10 @@ def observed_state(workdir: Path, run_id: str) -> RunState:
     if state.status in TERMINAL:
         return state
     if state.deployment is not None:  # whatever the dead controller left running goes with it
-        from flops.orchestrators import get_orchestrator  # the orchestrators need the plan; the plan needs no state
+        from flops.orchestrators import orchestrator_for  # the orchestrators need the plan; the plan needs no state
         from flops.plan import RunPlan
 
-        get_orchestrator(state.deployment.orchestrator, RunPlan.load(state.run_dir).image).stop(state.deployment)
+        orchestrator_for(RunPlan.load(state.run_dir)).stop(state.deployment)
     resumable = (state.run_dir / "output" / "checkpoint.npz").exists()
     hint = f"; continue it with `flops resume {run_id}`" if resumable else ""
     return state.update(status="FAILED", phase="done", ended_at=time.time(), resumable=resumable,

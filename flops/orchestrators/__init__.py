@@ -8,6 +8,7 @@ from flops.orchestrators.docker import DockerOrchestrator
 from flops.orchestrators.kubernetes import KubernetesOrchestrator
 from flops.orchestrators.local import LocalOrchestrator
 from flops.orchestrators.podman_kube import PodmanKubeOrchestrator
+from flops.plan import KubernetesTarget, RunPlan
 
 ORCHESTRATORS: dict[str, type[Orchestrator]] = {
     LocalOrchestrator.name: LocalOrchestrator,
@@ -30,14 +31,22 @@ def orchestrator_class(name: str) -> type[Orchestrator]:
         raise ConfigError(f"unknown orchestrator '{name}' (known: {known})") from None
 
 
-def get_orchestrator(name: str, image: str | None = None) -> Orchestrator:
+def get_orchestrator(name: str, image: str | None = None, kubernetes: KubernetesTarget | None = None) -> Orchestrator:
     """An orchestrator instance by name; container orchestrators need the image to run."""
     cls = orchestrator_class(name)
+    if name in EXPORTERS:
+        target = kubernetes or KubernetesTarget()
+        return cls(image=image, namespace=target.namespace, context=target.context)  # type: ignore[call-arg]
     if name in NEEDS_IMAGE:
         if not image:
             raise ConfigError(f"--orchestrator {name} runs a FLOps image: build one with `flops build` and pass --image")
-        return cls(image=image)
+        return cls(image=image)  # type: ignore[call-arg]
     return cls()
 
 
-__all__ = ["ComponentRecord", "Deployment", "Orchestrator", "get_orchestrator", "orchestrator_class", "ORCHESTRATORS", "NEEDS_IMAGE", "EXPORTERS"]
+def orchestrator_for(plan: RunPlan) -> Orchestrator:
+    """The orchestrator that runs (or ran) PLAN, with its image and Kubernetes target."""
+    return get_orchestrator(plan.orchestrator, plan.image, plan.kubernetes)
+
+
+__all__ = ["ComponentRecord", "Deployment", "Orchestrator", "get_orchestrator", "orchestrator_class", "orchestrator_for", "ORCHESTRATORS", "NEEDS_IMAGE", "EXPORTERS"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -25,8 +24,6 @@ from flops.orchestrators.k8s_manifests import (
 )
 from flops.plan import RunPlan
 
-NAMESPACE_ENV = "FLOPS_KUBE_NAMESPACE"
-CONTEXT_ENV = "FLOPS_KUBE_CONTEXT"
 # A container waiting for one of these will not start by itself: the run fails instead of waiting it out.
 STUCK_REASONS = frozenset({"CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "InvalidImageName",
                            "CreateContainerConfigError", "CreateContainerError"})
@@ -48,6 +45,11 @@ class PodView:
     @property
     def stuck(self) -> bool:
         return self.phase in ("Failed", "Succeeded") or self.waiting_reason in STUCK_REASONS
+
+
+def check_namespace(namespace: str) -> None:
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", namespace):
+        raise ConfigError(f"--namespace '{namespace}': a namespace is a DNS label (lowercase letters, digits, '-')")
 
 
 def manifest_path(run_dir: Path) -> Path:
@@ -105,8 +107,8 @@ class KubernetesOrchestrator(Orchestrator):
     def __init__(self, image: str | None = None, namespace: str | None = None, context: str | None = None,
                  api_client: Any = None, credentials: Credentials | None = None) -> None:
         self.image = image
-        self.namespace = namespace or os.environ.get(NAMESPACE_ENV) or "default"
-        self.context = context or os.environ.get(CONTEXT_ENV) or None
+        self.namespace = namespace or "default"
+        self.context = context
         self.credentials = credentials or {}
         self._api_client = api_client
         self._cluster_ips: dict[str, str] = {}  # component label -> its Service's cluster IP
@@ -114,8 +116,7 @@ class KubernetesOrchestrator(Orchestrator):
     # --- manifests: the one code path behind `submit` and `export` ---
 
     def manifests(self, plan: RunPlan, ports: dict[str, int] | None = None) -> ManifestBuilder:
-        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", self.namespace):
-            raise ConfigError(f"--namespace '{self.namespace}': a namespace is a DNS label (lowercase letters, digits, '-')")
+        check_namespace(self.namespace)
         image = self.image or plan.image
         if not image:
             raise ConfigError(f"--orchestrator {self.name} runs a FLOps image: pass --image, or --registry to build one")

@@ -149,6 +149,7 @@ FLAG_CASES = {
     "local-rounds-on-flat": (["--local-rounds", "3"], r"local_rounds = 3: applies to hierarchical runs only"),
     "assignment-on-flat": (["--assignment", "min-comm-cost"], r"assignment = min-comm-cost: applies to hierarchical"),
     "registry-on-local": (["--registry", "127.0.0.1:5000"], r"--registry: only for container orchestrators"),
+    "namespace-on-local": (["--namespace", "edge"], r"--namespace/--kube-context: only for kubernetes and podman-kube"),
 }
 
 

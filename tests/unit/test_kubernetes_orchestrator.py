@@ -214,3 +214,18 @@ def test_a_namespace_that_is_not_a_dns_label_is_bad_input_before_any_call(server
     with pytest.raises(ConfigError, match="--namespace 'Edge_Lab'"):
         orchestrator_for(server, namespace="Edge_Lab").deploy(plan)
     assert server.calls == []
+
+
+def test_the_namespace_and_context_travel_with_the_plan_to_every_later_command(tmp_path: Path) -> None:
+    """`flops stop` or `status` from another shell builds the orchestrator from the saved plan: same namespace."""
+    from flops.orchestrators import orchestrator_for
+    from flops.plan import KubernetesTarget, RunPlan
+
+    plan = make_plan(tmp_path, FLAT).model_copy(update={"kubernetes": KubernetesTarget(namespace="edge-lab",
+                                                                                       context="k3s-site")})
+    plan.run_dir.mkdir(parents=True)
+    plan.save()
+    orchestrator = orchestrator_for(RunPlan.load(plan.run_dir))
+    assert isinstance(orchestrator, KubernetesOrchestrator)
+    assert (orchestrator.namespace, orchestrator.context, orchestrator.image) == ("edge-lab", "k3s-site", IMAGE)
+    assert orchestrator_for(make_plan(tmp_path, FLAT)).namespace == "default"  # a plan without a target
