@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from flops.errors import BadInputError, DeployError, FlopsError, RunFailedError
-from flops.flower_control import FlowerControl
+from flops.flower_control import ControlUnavailable, FlowerControl
 from flops.flower_run_config import root_overrides
 from flops.orchestrators import orchestrator_for
 from flops.orchestrators.link_security import describe_exit, refusal_reason, refuse_intruders
@@ -30,6 +30,7 @@ from flops.tracking import Tracker, log_final_model
 from flops.tracking_names import run_description
 
 POLL_INTERVAL_S = 0.5  # how often the controller looks at events, processes and Flower's run status
+CONTROL_MISSES = 20  # polls in a row a live root SuperLink may leave unanswered (a loaded host) before the run fails
 MLFLOW_STATUS = {"FINISHED": "FINISHED", "FAILED": "FAILED", "STOPPED": "KILLED"}
 
 
@@ -192,17 +193,21 @@ def _monitor(plan: RunPlan, state: RunState, orchestrator: Any, deployment: Any,
         if state.rounds_completed > done_before:
             deadline = time.monotonic() + watchdog_s
 
+    misses = 0
     while True:
         follow()
         try:
             refuse_intruders(control, deployment.node_ids)
             flower = control.run_status(state.flower_run_id)
-        except RunFailedError:
-            raise
-        except Exception:  # the Control API did not answer: a dead root SuperLink ends the run resumably
+        except ControlUnavailable as exc:
             time.sleep(POLL_INTERVAL_S)  # a killed process may take a moment to be seen dead
-            _restart_dead(plan, state, orchestrator, deployment)
-            raise
+            _restart_dead(plan, state, orchestrator, deployment)  # a dead root SuperLink ends the run resumably
+            misses += 1
+            if misses >= CONTROL_MISSES:
+                raise RunFailedError(f"the root SuperLink, still running, did not answer {misses} times in a row: "
+                                     f"{exc} (log: {plan.logs_dir / 'superlink.log'})") from exc
+            continue
+        misses = 0
         if flower.finished:
             follow()  # events written before Flower reported the end: a late `finished` or `failed` counts
             if finished and flower.completed:

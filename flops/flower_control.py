@@ -21,7 +21,11 @@ from flwr.proto.control_pb2 import (  # pylint: disable=E0611
 from flwr.supercore.control import ControlHttpClient
 from flwr.supercore.interceptors.http.runtime_version import RuntimeVersionHttpInterceptor
 
-from flops.errors import DeployError
+from flops.errors import DeployError, FlopsError
+
+
+class ControlUnavailable(FlopsError):
+    """The SuperLink's Control API did not answer: the SuperLink is down, unreachable or overloaded."""
 
 
 @dataclass(frozen=True)
@@ -83,10 +87,16 @@ class FlowerControl:
 
     def list_nodes(self) -> list:
         """The SuperLink's registered SuperNodes (NodeInfo: node_id, name, status, ...)."""
-        return list(self._client.ListNodes(ListNodesRequest()).nodes_info)
+        try:
+            return list(self._client.ListNodes(ListNodesRequest()).nodes_info)
+        except Exception as exc:  # the client raises transport and protocol errors of several types
+            raise ControlUnavailable(f"SuperLink at {self.address}: ListNodes: {exc}") from exc
 
     def run_status(self, run_id: int) -> FlowerRunStatus:
-        run = self._client.ListRuns(ListRunsRequest(run_id=run_id)).run_dict[run_id]
+        try:
+            run = self._client.ListRuns(ListRunsRequest(run_id=run_id)).run_dict[run_id]
+        except Exception as exc:  # the client raises transport and protocol errors of several types
+            raise ControlUnavailable(f"SuperLink at {self.address}: ListRuns: {exc}") from exc
         return FlowerRunStatus(run.status.status, run.status.sub_status, run.status.details)
 
     def stop_run(self, run_id: int) -> None:

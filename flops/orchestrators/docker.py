@@ -86,14 +86,11 @@ class DockerOrchestrator(Orchestrator):
             mounts[str(plan.app_dir)] = {"bind": str(plan.app_dir), "mode": "ro"}
         return mounts
 
-    def _container_user(self, plan: RunPlan) -> str | None:
-        return hand_run_dir_to_image_user(plan)
-
     def _run(self, plan: RunPlan, record: ComponentRecord, role: str, args: list[str]) -> ComponentRecord:
         import docker.errors
 
         record.log_path.parent.mkdir(parents=True, exist_ok=True)
-        user = self._container_user(plan)
+        user = hand_run_dir_to_image_user(plan)  # per container: the key files made for this one included
         try:
             container = self.client.containers.run(
                 self.image, command=[role, *args], detach=True, name=container_name(plan.run_id, record.name),
