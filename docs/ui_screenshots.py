@@ -26,7 +26,9 @@ from flops.ui import MODEL_TRAINING_VIEW, MlflowUI
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-                  "--window-size=1500,1100", "--virtual-time-budget=30000"]
+                  "--window-size=1500,1100",
+                  # The metric charts load after the page: 30 s of virtual time left them as spinners.
+                  "--virtual-time-budget=120000", "--run-all-compositor-stages-before-draw"]
 
 
 def chromium() -> str | None:
@@ -42,7 +44,10 @@ def newest_finished_run(tracking_uri: str) -> tuple[str, str, str]:
         if "flops.model_uri" not in run.data.tags:
             continue
         name, version = run.data.tags["flops.model_uri"].removeprefix("models:/").split("/")
-        return run.info.experiment_id, run.info.run_id, client.get_model_version(name, version).model_id
+        # A version registered from a logged model names it in its source (models:/m-...); model_id may be unset.
+        model_version = client.get_model_version(name, version)
+        model_id = model_version.model_id or model_version.source.removeprefix("models:/")
+        return run.info.experiment_id, run.info.run_id, model_id
     raise LookupError(f"no finished FLOps run with a model in {tracking_uri}")
 
 
