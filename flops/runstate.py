@@ -47,6 +47,8 @@ class RunState(BaseModel):
     stopped_early: str = ""
     started_at: float = 0.0
     ended_at: float | None = None
+    phase_s: dict[str, float] = {}  # wall seconds spent per phase so far (fetching, environment, training, ...)
+    phase_started_at: float = 0.0  # when the current phase began
 
     def save(self) -> None:
         """Atomic write: a reader in another shell never sees half a file."""
@@ -56,6 +58,13 @@ class RunState(BaseModel):
         os.replace(tmp, path)
 
     def update(self, **fields: Any) -> RunState:
+        now = time.time()
+        closing = fields.get("phase", self.phase) != self.phase or (fields.get("status") in TERMINAL
+                                                                       and self.status not in TERMINAL)
+        if closing:  # the current phase ends here: its time goes to phase_s
+            began = self.phase_started_at or self.started_at or now
+            self.phase_s = {**self.phase_s, self.phase: round(self.phase_s.get(self.phase, 0.0) + now - began, 3)}
+            self.phase_started_at = now
         for key, value in fields.items():
             setattr(self, key, value)
         self.save()
@@ -83,6 +92,7 @@ class RunState(BaseModel):
                 "loss": self.latest_metrics.get("central_loss"),
             },
             "duration_s": round(self.duration_s, 3),
+            "phase_s": self.phase_s,
             "bytes_to_root": self.bytes_to_root,
             "bytes_total": self.bytes_total,
             "comm_cost": self.comm_cost,

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from flops.runstate import RunState, list_states, load_state, observed_state
@@ -43,8 +44,27 @@ def test_a_run_whose_controller_died_is_failed_and_resumable_never_running(tmp_p
 def test_a_run_with_a_live_controller_is_left_as_it_is(tmp_path: Path) -> None:
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "flops-controller"])
     try:
+        # Until the child has exec'd, /proc shows the forked pytest's command line: wait for its own.
+        while b"flops-controller" not in Path(f"/proc/{alive.pid}/cmdline").read_bytes():
+            time.sleep(0.01)
         _state(tmp_path, status="RUNNING", phase="training", controller_pid=alive.pid)
         assert observed_state(tmp_path, "r1").status == "RUNNING"
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_each_phase_s_time_is_recorded_for_the_json_summary(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    clock = iter([10.0, 12.5, 20.0, 20.0, 27.0, 30.0])
+    monkeypatch.setattr("flops.runstate.time.time", lambda: next(clock))
+    run_dir = tmp_path / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    state = RunState(run_id="r1", run_dir=run_dir, started_at=10.0)
+    state.update(phase="fetching")  # 10.0: planned took 0 s
+    state.update(phase="environment")  # 12.5
+    state.update(rounds_completed=1)  # 20.0: no phase change, nothing closes
+    state.update(phase="training")  # 20.0
+    state.update(phase="training", latest_metrics={"central_accuracy": 0.5})  # 27.0: same phase
+    state.update(status="FINISHED", ended_at=30.0)  # 30.0: the run ends in training
+    assert load_state(tmp_path, "r1").summary()["phase_s"] == {"planned": 0.0, "fetching": 2.5, "environment": 7.5,
+                                                               "training": 10.0}
