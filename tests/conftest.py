@@ -42,6 +42,20 @@ def write_files(root: Path, files: dict[str, str]) -> None:
         path.write_text(textwrap.dedent(text))
 
 
+@pytest.fixture(autouse=True)
+def _no_mlflow_uri_outlives_its_test() -> object:
+    """mlflow.set_tracking_uri/set_registry_uri are process-global (and exported to the environment): a test that
+    read one run's store must not point the next test's MlflowClient or pyfunc.load_model at it."""
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        os.environ.pop(variable, None)
+
+
 @pytest.fixture
 def git_repo(tmp_path: Path) -> GitRepoFactory:
     """Factory: write FILES into a new dir, `git init -b main`, add and commit them; returns the repo path."""

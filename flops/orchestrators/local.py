@@ -72,14 +72,16 @@ def processes_of_run(run_id: str) -> list[int]:
     return pids
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def groups_of_run(run_id: str) -> set[int]:
+    """Process groups holding a live process of the run. A recorded pid is only signalled as a group while it is
+    one of these: after its component died, the number may belong to anyone (pids wrap at pid_max, 32768 here)."""
+    groups = set()
+    for pid in processes_of_run(run_id):
+        try:
+            groups.add(os.getpgid(pid))
+        except ProcessLookupError:
+            continue
+    return groups
 
 
 class LocalOrchestrator(Orchestrator):
@@ -125,10 +127,11 @@ class LocalOrchestrator(Orchestrator):
     def _restart(self, plan: RunPlan, record: ComponentRecord) -> None:
         # Whatever the dead process left behind in its group (a flower-superexec, a ClientApp) goes first.
         if record.pid is not None:
-            try:
-                os.killpg(record.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            if record.pid in groups_of_run(plan.run_id):
+                try:
+                    os.killpg(record.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
             old = self._children.pop(record.pid, None)
             if old is not None:
                 old.wait()
@@ -177,12 +180,14 @@ class LocalOrchestrator(Orchestrator):
 
     def status(self, deployment: Deployment) -> dict[str, bool]:
         alive = {}
+        groups: set[int] | None = None  # read from /proc once, and only for components started elsewhere
         for component in deployment.components:
             proc = self._children.get(component.pid or -1)
             if proc is not None:
                 alive[component.name] = proc.poll() is None
             else:
-                alive[component.name] = component.pid is not None and _group_alive(component.pid)
+                groups = groups_of_run(deployment.run_id) if groups is None else groups
+                alive[component.name] = component.pid in groups
         return alive
 
     def logs(self, deployment: Deployment, component: str) -> Path:
@@ -209,11 +214,14 @@ class LocalOrchestrator(Orchestrator):
             proc = self._children.get(pid)
             if proc is not None:
                 proc.poll()  # reap our own child so its group can empty
-        return any(_group_alive(g) for g in groups) or bool(processes_of_run(run_id))
+        return bool(processes_of_run(run_id))
 
     @staticmethod
     def _signal_all(groups: list[int], run_id: str, sig: signal.Signals) -> None:
+        live = groups_of_run(run_id)
         for pgid in groups:
+            if pgid not in live:
+                continue  # that component is gone; its number may be someone else's now
             try:
                 os.killpg(pgid, sig)
             except (ProcessLookupError, PermissionError):

@@ -12,6 +12,7 @@ import pytest
 
 from flops.errors import DeployError
 from flops.orchestrators.base import MAX_RESTARTS, ComponentRecord, Deployment
+from flops.orchestrators.link_security import LinkSecurity
 from flops.orchestrators.local import LocalOrchestrator
 from flops.plan import RunPlan
 
@@ -26,6 +27,7 @@ def _wait_for_lines(log: Path, count: int) -> None:
 def test_a_killed_component_is_restarted_with_the_same_argv_after_a_backoff(tmp_path: Path) -> None:
     plan = RunPlan.model_construct(run_id="r-restart", run_dir=tmp_path, python=Path(sys.executable))
     orchestrator = LocalOrchestrator()
+    orchestrator.security = LinkSecurity(plan.model_copy(update={"insecure": True}))  # deploy() sets it
     record = ComponentRecord(name="learner-0", role="learner", log_path=tmp_path / "logs" / "learner-0.log")
     argv = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
     deployment = Deployment(orchestrator="local", run_id=plan.run_id, control_address="",
