@@ -56,7 +56,7 @@ def test_a_flower_app_source_runs_with_its_own_config_and_flowers_pin_replaced(t
 
 
 def test_a_loss_only_test_runs_and_the_summary_says_accuracy_is_not_reported(tmp_path: Path) -> None:
-    result = _submit(tmp_path.joinpath("json"), "loss_only", "--rounds", "2")
+    result = _submit(tmp_path.joinpath("json"), "loss_only", "--rounds", "1")
     assert result.returncode == 0, result.output
     summary = result.last_json()
     assert summary["status"] == "FINISHED"
@@ -66,7 +66,7 @@ def test_a_loss_only_test_runs_and_the_summary_says_accuracy_is_not_reported(tmp
 
 
 def test_an_error_in_test_during_central_evaluation_names_test_file_and_line(tmp_path: Path) -> None:
-    result = _submit(tmp_path, "central_test_error", "--rounds", "2")
+    result = _submit(tmp_path, "central_test_error", "--rounds", "1")
     assert result.returncode == 1, result.output
     summary = result.last_json()
     source = (SHAPES / "central_test_error" / "task.py").read_text().splitlines()
@@ -86,9 +86,9 @@ def _client(summary: dict):  # noqa: ANN202 - MlflowClient
 
 
 def test_an_oakestra_model_manager_repo_runs_to_finished_and_logs_its_model(tmp_path: Path) -> None:
-    result = _submit(tmp_path, "oakestra_model_manager", "--rounds", "2")
+    result = _submit(tmp_path, "oakestra_model_manager", "--rounds", "1")
     assert result.returncode == 0, result.output
     summary = result.last_json()
-    assert (summary["status"], summary["rounds_completed"]) == ("FINISHED", 2)
+    assert (summary["status"], summary["rounds_completed"]) == ("FINISHED", 1)
     assert 0.0 <= summary["final_metrics"]["accuracy"] <= 1.0
     assert summary["model_uri"], summary  # the ModelManager's self.model, logged and registered

@@ -119,7 +119,7 @@ def test_a_killed_learner_is_restarted_and_a_killed_submit_does_not_stop_the_run
 def _submit_poisoned(tmp_path: Path, strategy: str, params: str, faults: dict[int, str]) -> dict:
     repo = _faulty_repo(tmp_path / strategy, faults)
     config = tmp_path / f"{strategy}.yaml"
-    config.write_text(f"rounds: 3\nlearners: 5\nround_timeout_s: 120\nstrategy: {{name: {strategy}, params: {params}}}\n"
+    config.write_text(f"rounds: 3\nlearners: 5\nround_timeout_s: 75\nstrategy: {{name: {strategy}, params: {params}}}\n"
                       "training: {local_epochs: 1, batch_size: 16, learning_rate: 0.1}\n")
     workdir = tmp_path / strategy / "work"
     try:
@@ -138,7 +138,7 @@ def test_poisoned_updates_are_rejected_or_outvoted_and_a_straggler_is_left_behin
     """Learner 3 sends NaN weights, learner 4 large noise; learner 2 sleeps past round 2's deadline.
     trimmed-mean keeps accuracy; plain FedAvg with the same faults is wrecked by the noise."""
     faults = {3: "nan", 4: "noise"}
-    robust = _submit_poisoned(tmp_path, "trimmed-mean", "{beta: 0.4}", {**faults, 2: "sleep:2:200"})
+    robust = _submit_poisoned(tmp_path, "trimmed-mean", "{beta: 0.4}", {**faults, 2: "sleep:2:100"})
     plain = _submit_poisoned(tmp_path, "fedavg", "{}", faults)
     for run in (robust, plain):
         for event in run["rounds"]:
@@ -152,7 +152,7 @@ def test_poisoned_updates_are_rejected_or_outvoted_and_a_straggler_is_left_behin
     # The straggler: round 2 closed at its deadline with the others' updates, learner-2 named as missing.
     round_2 = robust["rounds"][1]
     assert round_2["missing"] == ["learner-2"] and "learner-2" not in round_2["accepted"], round_2
-    assert round_2["duration_s"] >= 120, round_2
+    assert round_2["duration_s"] >= 75, round_2
     assert len(round_2["accepted"]) == 3  # learners 0, 1 and the noisy 4: above the quorum of 3
     robust_accuracy = robust["summary"]["final_metrics"]["accuracy"]
     plain_accuracy = plain["summary"]["final_metrics"]["accuracy"]
