@@ -89,17 +89,25 @@ def resolve(requirements: list[str], log_path: Path, origins: dict[str, str]) ->
 
 
 def index_options() -> list[str]:
-    """uv's package-index options from pip's environment variables, so uv and pip look in the same places."""
+    """uv's package-index options from pip's environment variables, so uv and pip look in the same places.
+    Index URLs (which may carry credentials) go to uv through its environment instead: see index_environment."""
     options: list[str] = []
     if os.environ.get("PIP_NO_INDEX", "").lower() in ("1", "true", "yes", "on"):
         options.append("--no-index")
-    elif index := os.environ.get("PIP_INDEX_URL"):
-        options += ["--index-url", index]
-    for extra in os.environ.get("PIP_EXTRA_INDEX_URL", "").split():
-        options += ["--extra-index-url", extra]
     for links in os.environ.get("PIP_FIND_LINKS", "").split():
         options += ["--find-links", links]
     return options
+
+
+def index_environment() -> dict[str, str]:
+    """pip's index URLs as uv's environment variables: a `user:token@` in them never reaches a command line
+    (readable by every user in /proc) or the logged command."""
+    env: dict[str, str] = {}
+    if index := os.environ.get("PIP_INDEX_URL"):
+        env["UV_DEFAULT_INDEX"] = index
+    if extras := os.environ.get("PIP_EXTRA_INDEX_URL", "").split():
+        env["UV_INDEX"] = " ".join(extras)
+    return env
 
 
 def uv_executable() -> str:
@@ -112,9 +120,10 @@ def uv_executable() -> str:
 
 
 def run_logged(command: list[str], log_path: Path) -> tuple[int, str]:
-    """Run COMMAND, append it and its output to LOG_PATH; (exit code, output)."""
+    """Run COMMAND (uv's index URLs in its environment), append it and its output to LOG_PATH; (exit code, output)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    done = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          env={**os.environ, **index_environment()})
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(command)}\n{done.stdout}{done.stderr}")
     return done.returncode, done.stdout + done.stderr

@@ -163,3 +163,15 @@ def test_conda_yaml_gives_its_pip_list_and_conda_packages_as_pypi_names(tmp_path
     declared = read_declared_dependencies(tmp_path)
     assert declared.requirements == ["torch==2.13.*", "numpy", "scikit-learn>=1.4"]
     assert declared.origins["scikit-learn>=1.4"] == "conda.yaml:8"
+
+
+def test_index_urls_with_credentials_reach_uv_through_its_environment_not_its_command_line(monkeypatch) -> None:  # noqa: ANN001
+    from flops.resolution import index_environment, index_options
+
+    monkeypatch.setenv("PIP_INDEX_URL", "https://alice:s3cret@pkgs.example/simple")
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://bob:t0ken@extra.example/simple https://pypi.org/simple")
+    monkeypatch.setenv("PIP_FIND_LINKS", "/opt/wheels")
+    monkeypatch.delenv("PIP_NO_INDEX", raising=False)
+    assert index_options() == ["--find-links", "/opt/wheels"]  # nothing secret on the command line
+    assert index_environment() == {"UV_DEFAULT_INDEX": "https://alice:s3cret@pkgs.example/simple",
+                                   "UV_INDEX": "https://bob:t0ken@extra.example/simple https://pypi.org/simple"}
