@@ -3,6 +3,7 @@ podman or docker."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import shutil
@@ -23,6 +24,7 @@ from inference.errors import ServeAddressError, ServeError
 CONTAINER_PORT = 8080
 # Engines to run an image with, in order of preference (podman is the project's container tool).
 ENGINES = ("podman", "docker")
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when its parent dies
 
 
 def bind_listening_socket(host: str, port: int) -> socket.socket:
@@ -207,6 +209,12 @@ def start_container(
         container_engine(), image, port, host, name=name, platform=platform, extra_args=extra_args
     )
     try:
-        return subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        # SIGTERM to the engine's client when we die, even by SIGKILL: the attached client forwards it to the
+        # container (sig-proxy), which stops and is removed (--rm) instead of serving on under nobody.
+        return subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=_terminate_with_parent)
     except OSError as exc:
         raise ServeError(f"cannot start {args[0]}: {exc}") from exc
+
+
+def _terminate_with_parent() -> None:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
+from conftest import FLOPS, flops_env, wait_for
 from containers.support import BASE, CONSTRAINTS, FIND_LINKS, REGISTRY, require_containers
 from test_inference_end_to_end import LoggedModel, free_port, log_digits_model, pyfunc_predict
 
@@ -126,3 +127,31 @@ def test_flops_package_cli_reports_the_cached_image_as_json(logged: LoggedModel,
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["cached"] is True and report["image"] == built.image
     assert report["platforms"] == BOTH and report["model"] == "digits-example:1"
+
+
+def test_a_killed_flops_serve_image_leaves_no_container_behind(built: BuildResult) -> None:
+    """kill -9 of `flops serve --image`: the engine's client is told (parent-death signal), the container stops
+    and is removed; nothing keeps answering on the port."""
+    port, name = free_port(), f"flops-test-serve-{uuid.uuid4().hex[:8]}"
+    serve = subprocess.Popen(
+        [str(FLOPS), "serve", "--image", built.image, "--port", str(port), "--platform", "linux/amd64",
+         *(f"--run-arg={arg}" for arg in [*RUN_ARGS, f"--name={name}"])],
+        env=flops_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        launch.wait_until_ready(f"http://127.0.0.1:{port}", timeout_s=300)
+        serve.kill()
+        serve.wait()
+
+        def gone() -> bool:
+            listed = subprocess.run(["podman", "ps", "-a", "--filter", f"name={name}", "--format", "{{.ID}}"],
+                                    capture_output=True, text=True, timeout=60).stdout.strip()
+            return not listed
+
+        wait_for(gone, 60, f"container {name} to be stopped and removed")
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+        subprocess.run(["podman", "rm", "-f", name], capture_output=True, timeout=120)
