@@ -14,6 +14,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from flops.errors import ContractError, EnvironmentSetupError
+from image_builder.commands import uv_index_env
 
 # Packages the run env must take from FLOps unchanged: FLOps' own dependency closure, and the host's torch
 # (a CPU build from local wheels; a user's torch pin must never pull another build, e.g. CUDA's, over it).
@@ -100,14 +101,8 @@ def index_options() -> list[str]:
 
 
 def index_environment() -> dict[str, str]:
-    """pip's index URLs as uv's environment variables: a `user:token@` in them never reaches a command line
-    (readable by every user in /proc) or the logged command."""
-    env: dict[str, str] = {}
-    if index := os.environ.get("PIP_INDEX_URL"):
-        env["UV_DEFAULT_INDEX"] = index
-    if extras := os.environ.get("PIP_EXTRA_INDEX_URL", "").split():
-        env["UV_INDEX"] = " ".join(extras)
-    return env
+    """pip's index URLs (PIP_INDEX_URL, PIP_EXTRA_INDEX_URL) as uv's environment, never on its command line."""
+    return uv_index_env(os.environ.get("PIP_INDEX_URL"), os.environ.get("PIP_EXTRA_INDEX_URL", "").split())
 
 
 def uv_executable() -> str:

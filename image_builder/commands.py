@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from image_builder.spec import PLATFORM_WHEEL_TAGS, BuildSpec
@@ -112,16 +113,27 @@ def buildah_rm_images(*images: str) -> list[str]:
     return ["buildah", "rmi", "--force", *images]
 
 
-def pip_options(spec: BuildSpec) -> list[str]:
-    """Index options shared by uv on the host and pip in an emulated install."""
+def pip_options(spec: BuildSpec, with_index_urls: bool = True) -> list[str]:
+    """Index options of pip in an emulated install; uv on the host takes the index URLs from uv_index_env."""
     args: list[str] = []
-    if spec.pip_index_url:
+    if with_index_urls and spec.pip_index_url:
         args += ["--index-url", spec.pip_index_url]
-    for url in spec.pip_extra_index_urls:
+    for url in spec.pip_extra_index_urls if with_index_urls else []:
         args += ["--extra-index-url", url]
     for links in spec.pip_find_links:
         args += ["--find-links", links]
     return args
+
+
+def uv_index_env(index_url: str | None, extra_index_urls: Sequence[str]) -> dict[str, str]:
+    """Index URLs for uv as its environment: a `user:token@` in them stays off the command line (readable by
+    every user in /proc) and out of the logs, which record each command."""
+    env: dict[str, str] = {}
+    if index_url:
+        env["UV_DEFAULT_INDEX"] = index_url
+    if extra_index_urls:
+        env["UV_INDEX"] = " ".join(extra_index_urls)
+    return env
 
 
 def uv_install_for_platform(
@@ -153,7 +165,7 @@ def uv_install_for_platform(
     ]
     if constraints is not None:
         args += ["-c", str(constraints)]
-    return args + pip_options(spec)
+    return args + pip_options(spec, with_index_urls=False)
 
 
 def emulated_pip_install(spec: BuildSpec, requirements: str, constraints: str | None) -> list[str]:

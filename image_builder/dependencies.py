@@ -95,7 +95,8 @@ def install_dependencies(
         target = work / "site"
         try:
             if spec.requirements:
-                runner.run(cmd.uv_install_for_platform(spec, platform, target, requirements, constraints))
+                runner.run(cmd.uv_install_for_platform(spec, platform, target, requirements, constraints),
+                           env=cmd.uv_index_env(spec.pip_index_url, spec.pip_extra_index_urls))
         except ToolError as exc:
             if not any(marker in exc.output.lower() for marker in NO_WHEEL_MARKERS):
                 raise

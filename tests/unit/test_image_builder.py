@@ -36,7 +36,8 @@ def test_uv_installs_for_the_target_platform_with_wheels_only(tmp_path: Path) ->
     assert args[args.index("--target") + 1] == str(tmp_path / "t")
     assert args[args.index("-c") + 1] == str(tmp_path / "c.txt")
     assert args[args.index("--find-links") + 1] == "/opt/wheels"
-    assert args[args.index("--extra-index-url") + 1] == "https://x/simple"
+    assert "--extra-index-url" not in args and cmd.uv_index_env(spec.pip_index_url, spec.pip_extra_index_urls) == {
+        "UV_INDEX": "https://x/simple"}
     assert "--no-config" in args  # the host's pip/uv config must not leak into the target's resolution
     amd = cmd.uv_install_for_platform(spec, "linux/amd64", tmp_path, tmp_path / "r.txt", None)
     assert amd[amd.index("--python-platform") + 1] == "x86_64-manylinux_2_36" and "-c" not in amd
