@@ -284,7 +284,8 @@ def run_image_step(options: ImageOptions, progress: ProgressCallback | None = No
     def step(plan: RunPlan) -> str:
         result = build_run_image(plan, options, progress)
         if progress is not None:
-            progress(ProgressEvent(kind="done", step=f"image {result.image}{' (cached)' if result.cached else ''}"))
+            progress(ProgressEvent(kind="done", step="image",
+                                   message=f"{result.image}{' (cached)' if result.cached else ''}"))
         return result.image
 
     return step

@@ -12,7 +12,7 @@ from pathlib import Path
 from flops.errors import FlopsError
 from flops.plan import RunPlan
 from flops.preparation import Progress
-from flops.runstate import TERMINAL, RunState, controller_alive, load_state, observed_state
+from flops.runstate import TERMINAL, RunState, controller_alive, load_state, observed_state, process_start_time
 
 EXIT_CODES = {"FINISHED": 0, "FAILED": 1, "STOPPED": 1}
 
@@ -24,7 +24,8 @@ def start_detached(plan: RunPlan, resume: bool = False) -> RunState:
     with open(plan.logs_dir / "controller.log", "ab") as log:
         controller = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
     # Recorded at once, so a `flops stop` right after this finds the controller to signal.
-    return load_state(plan.run_dir.parent.parent, plan.run_id).update(controller_pid=controller.pid)
+    return load_state(plan.run_dir.parent.parent, plan.run_id).update(
+        controller_pid=controller.pid, controller_started=process_start_time(controller.pid))
 
 
 def follow_run(workdir: Path, run_id: str, progress: Progress, stop_on_interrupt: bool) -> RunState:

@@ -25,7 +25,7 @@ from flops.run_events import (
     record_round,
     trackable,
 )
-from flops.runstate import TERMINAL, RunState, load_state, observed_state
+from flops.runstate import TERMINAL, RunState, load_state, observed_state, process_start_time
 from flops.tracking import Tracker, log_final_model
 from flops.tracking_names import run_description
 
@@ -46,7 +46,8 @@ def execute_run(plan: RunPlan, progress: Progress | None = None, resume: bool = 
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         return state
-    state.update(status="RUNNING", phase="deploying", controller_pid=os.getpid(), message="", ended_at=None,
+    state.update(status="RUNNING", phase="deploying", controller_pid=os.getpid(),
+                 controller_started=process_start_time(os.getpid()), message="", ended_at=None,
                  resumable=False, model_uri=None)
     progress.phase(state)
     orchestrator = orchestrator_for(plan)

@@ -27,7 +27,7 @@ from flops.credentials import LOOPBACK_NAMES, refuse_insecure_network
 from flops.orchestrators import EXPORTERS, orchestrator_class
 from flops.orchestrators.kubernetes import check_namespace
 from flops.plan import KubernetesTarget, RunPlan, new_run_id, plan_clusters
-from flops.runstate import RunState, runs_dir
+from flops.runstate import RunState, process_start_time, runs_dir
 from flops.topology import Topology, load_topology, topology_from_counts
 from flops.workdir import cache_dir
 
@@ -100,7 +100,8 @@ def prepare_run(
     run_id = new_run_id()
     run_dir = runs_dir(workdir) / run_id
     state = RunState(run_id=run_id, run_dir=run_dir, rounds=config.rounds, tracking_uri=tracking_uri,
-                     started_at=time.time(), controller_pid=os.getpid())
+                     started_at=time.time(), controller_pid=os.getpid(),
+                     controller_started=process_start_time(os.getpid()))
     (run_dir / "logs").mkdir(parents=True)
     run_dir.chmod(0o700)  # keys, logs and the plan are the operator's alone
     previous = signal.signal(signal.SIGTERM, raise_stop)  # `flops stop` while fetching or installing

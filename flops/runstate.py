@@ -29,6 +29,7 @@ class RunState(BaseModel):
     latest_metrics: dict[str, float | None] = {}
     message: str = ""
     controller_pid: int | None = None
+    controller_started: int | None = None  # its start time in clock ticks since boot (/proc/PID/stat field 22)
     deployment: Deployment | None = None
     flower_run_id: int | None = None
     tracking_uri: str = ""
@@ -144,17 +145,32 @@ def latest_run_id(workdir: Path) -> str:
     return max(states, key=lambda s: s.started_at).run_id
 
 
+def process_start_time(pid: int) -> int | None:
+    """When process PID started (clock ticks since boot), None if it is gone. A reused pid has another start
+    time; an exec keeps it (so a controller caught between fork and exec is still itself)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def controller_alive(state: RunState) -> bool:
-    """Whether the run's controller still runs; its command line must name FLOps, so a reused pid does not count."""
+    """Whether the run's controller still runs: the same process (pid and start time), not a zombie.
+
+    Without a recorded start time (a record from an older FLOps) its command line must name FLOps instead.
+    """
     if state.controller_pid is None:
         return False
     try:
-        cmdline = Path(f"/proc/{state.controller_pid}/cmdline").read_bytes()
         stat = Path(f"/proc/{state.controller_pid}/stat").read_text()
+        cmdline = Path(f"/proc/{state.controller_pid}/cmdline").read_bytes()
     except OSError:
         return False
-    if stat.rsplit(")", 1)[1].split()[0] == "Z":
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
         return False
+    if state.controller_started is not None:
+        return int(fields[19]) == state.controller_started
     return state.run_id.encode() in cmdline or b"flops" in cmdline or b"cli.main" in cmdline
 
 

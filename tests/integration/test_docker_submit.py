@@ -45,7 +45,9 @@ def test_the_example_trains_in_containers_as_it_does_locally(
     # The same settings as the local orchestrator's example test, which must reach 0.85.
     run, summary = submit_in_docker(example_repo, tmp_path / "work", "--learners", "3", "--rounds", "3",
                                     monkeypatch=monkeypatch)
-    image = next(line.split()[1] for line in run.stderr.splitlines() if line.startswith(f"image {REGISTRY}/flops/"))
+    # The image step's line: "[all] image done: REGISTRY/flops/NAME:TAG[ (cached)]"
+    image = next(line.split("image done: ")[1].split()[0] for line in run.stderr.splitlines()
+                 if f"image done: {REGISTRY}/flops/" in line)
     config = json.loads(subprocess.run(["skopeo", "inspect", "--config", f"docker://{image}"],
                                        capture_output=True, text=True, check=True).stdout)
     assert config["config"]["User"] not in ("", "0", "root") and not config["config"]["User"].startswith("0:")

@@ -54,6 +54,24 @@ def test_a_run_with_a_live_controller_is_left_as_it_is(tmp_path: Path) -> None:
         alive.wait()
 
 
+def test_a_controller_is_known_by_pid_and_start_time_from_its_first_moment(tmp_path: Path) -> None:
+    """Right after Popen the child may still be exec'ing (its command line empty or the parent's): with the start
+    time recorded it counts as alive at once; the same pid with another start time (a reused pid) does not."""
+    from flops.runstate import controller_alive, process_start_time
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        started = process_start_time(child.pid)
+        state = _state(tmp_path, status="RUNNING", phase="import check", controller_pid=child.pid,
+                       controller_started=started)
+        assert controller_alive(state) and observed_state(tmp_path, "r1").status == "RUNNING"
+        assert not controller_alive(state.model_copy(update={"controller_started": started - 1}))
+    finally:
+        child.kill()
+        child.wait()
+    assert not controller_alive(state)
+
+
 def test_each_phase_s_time_is_recorded_for_the_json_summary(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     clock = iter([10.0, 12.5, 20.0, 20.0, 27.0, 30.0])
     monkeypatch.setattr("flops.runstate.time.time", lambda: next(clock))
