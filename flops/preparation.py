@@ -84,10 +84,10 @@ def prepare_run(
     if not insecure and not orchestrator_class(orchestrator).carries_credentials:  # an unknown name fails here too
         raise ConfigError(f"--orchestrator {orchestrator} does not carry the run's TLS material and SuperNode keys "
                           "yet: pass --insecure (plain-text Flower links inside the cluster)")
-    if kubernetes is not None and orchestrator not in EXPORTERS:
-        raise ConfigError(f"--namespace/--kube-context: only for {' and '.join(sorted(EXPORTERS))} runs; "
-                          f"--orchestrator {orchestrator} starts no Kubernetes objects")
     if kubernetes is not None:
+        if orchestrator not in EXPORTERS:
+            raise ConfigError(f"--namespace/--kube-context: only for {' and '.join(sorted(EXPORTERS))} runs; "
+                              f"--orchestrator {orchestrator} starts no Kubernetes objects")
         check_namespace(kubernetes.namespace)
     if insecure:  # every orchestrator binds loopback today; topology hosts will add theirs here
         refuse_insecure_network(list(LOOPBACK_NAMES), allow_insecure_network)

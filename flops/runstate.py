@@ -145,13 +145,19 @@ def latest_run_id(workdir: Path) -> str:
     return max(states, key=lambda s: s.started_at).run_id
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name (field 3, the state, first), None if the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def process_start_time(pid: int) -> int | None:
     """When process PID started (clock ticks since boot), None if it is gone. A reused pid has another start
     time; an exec keeps it (so a controller caught between fork and exec is still itself)."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
 
 
 def controller_alive(state: RunState) -> bool:
@@ -159,18 +165,15 @@ def controller_alive(state: RunState) -> bool:
 
     Without a recorded start time (a record from an older FLOps) its command line must name FLOps instead.
     """
-    if state.controller_pid is None:
-        return False
-    try:
-        stat = Path(f"/proc/{state.controller_pid}/stat").read_text()
-        cmdline = Path(f"/proc/{state.controller_pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":
+    fields = _stat_fields(state.controller_pid) if state.controller_pid is not None else None
+    if fields is None or fields[0] == "Z":
         return False
     if state.controller_started is not None:
         return int(fields[19]) == state.controller_started
+    try:
+        cmdline = Path(f"/proc/{state.controller_pid}/cmdline").read_bytes()
+    except OSError:
+        return False
     return state.run_id.encode() in cmdline or b"flops" in cmdline or b"cli.main" in cmdline
 
 

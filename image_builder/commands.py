@@ -113,16 +113,17 @@ def buildah_rm_images(*images: str) -> list[str]:
     return ["buildah", "rmi", "--force", *images]
 
 
-def pip_options(spec: BuildSpec, with_index_urls: bool = True) -> list[str]:
-    """Index options of pip in an emulated install; uv on the host takes the index URLs from uv_index_env."""
-    args: list[str] = []
-    if with_index_urls and spec.pip_index_url:
-        args += ["--index-url", spec.pip_index_url]
-    for url in spec.pip_extra_index_urls if with_index_urls else []:
+def index_url_options(spec: BuildSpec) -> list[str]:
+    """The index URLs as pip arguments (the emulated install only: uv on the host takes them from uv_index_env)."""
+    args = ["--index-url", spec.pip_index_url] if spec.pip_index_url else []
+    for url in spec.pip_extra_index_urls:
         args += ["--extra-index-url", url]
-    for links in spec.pip_find_links:
-        args += ["--find-links", links]
     return args
+
+
+def find_links_options(spec: BuildSpec) -> list[str]:
+    """Local wheel folders, for uv on the host and pip in an emulated install alike."""
+    return [arg for links in spec.pip_find_links for arg in ("--find-links", links)]
 
 
 def uv_index_env(index_url: str | None, extra_index_urls: Sequence[str]) -> dict[str, str]:
@@ -165,7 +166,7 @@ def uv_install_for_platform(
     ]
     if constraints is not None:
         args += ["-c", str(constraints)]
-    return args + pip_options(spec, with_index_urls=False)
+    return args + find_links_options(spec)
 
 
 def emulated_pip_install(spec: BuildSpec, requirements: str, constraints: str | None) -> list[str]:
@@ -176,7 +177,7 @@ def emulated_pip_install(spec: BuildSpec, requirements: str, constraints: str | 
     ]
     if constraints is not None:
         args += ["-c", constraints]
-    return args + pip_options(spec)
+    return args + index_url_options(spec) + find_links_options(spec)
 
 
 def buildah_run(container: str, command: list[str], mounts: list[tuple[str, str]], env: dict[str, str]) -> list[str]:
