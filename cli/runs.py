@@ -16,6 +16,7 @@ from flops.config import load_config
 from flops.controller import EXIT_CODES, follow_run, start_detached
 from flops.errors import ConfigError
 from flops.orchestrators import NEEDS_IMAGE, ORCHESTRATORS
+from flops.orchestrators.netns import MODES as NETWORK_MODES
 from flops.plan import KubernetesTarget
 from flops.run_inspection import component_log, component_pods
 from flops.runstate import RunState, latest_run_id, list_states, load_state, observed_state
@@ -77,6 +78,9 @@ def _report(state: RunState, as_json: bool) -> None:
 @click.option("--insecure", is_flag=True,
               help="Plain-text Flower links and no SuperNode authentication (default: TLS with a CA per run).")
 @click.option("--allow-insecure-network", is_flag=True, help="Allow --insecure on addresses other than loopback.")
+@click.option("--network", type=click.Choice(NETWORK_MODES), default="loopback", show_default=True,
+              help="--orchestrator local: loopback, or one network namespace per host (root, cluster gateway, "
+                   "learner) with its own address on a bridge (root only).")
 @workdir_option
 @json_option
 @click.option("--detach", is_flag=True, help="Return once the run is prepared; follow it with `flops status --wait`.")
@@ -88,7 +92,7 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
                    round_timeout: float | None, orchestrator: str, image: str | None, registry: str | None,
                    base_image: str | None, pip_find_links: tuple[str, ...], platform_constraints: tuple[str, ...],
                    tls_verify: bool | None, namespace: str | None, kube_context: str | None,
-                   tracking_uri: str | None, insecure: bool, allow_insecure_network: bool,
+                   tracking_uri: str | None, insecure: bool, allow_insecure_network: bool, network: str,
                    workdir: Path, as_json: bool, detach: bool) -> None:
     """Fetch SOURCE (git URL or path), check it, and run it as a federation tracked in MLflow.
 
@@ -125,7 +129,7 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
     progress = make_progress()
     plan = prepare_run(source, ref, config, workdir, orchestrator, tracking_uri or default_tracking_uri(workdir),
                        progress, topology_file, image, build_image, insecure=insecure,
-                       allow_insecure_network=allow_insecure_network, kubernetes=kubernetes)
+                       allow_insecure_network=allow_insecure_network, kubernetes=kubernetes, network=network)
     for cluster in plan.clusters:
         click.echo(f"cluster {cluster.name}: {', '.join(l.name for l in cluster.learners)}", err=True)
     if detach:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -62,6 +63,7 @@ class RunPlan(BaseModel):
     task_module: str  # import name of the user's task module inside the app's user/ folder
     dependencies: list[str]
     insecure: bool = False  # --insecure: plain-text Flower links, no SuperNode authentication
+    network: Literal["loopback", "namespaces"] = "loopback"  # local runs: one network namespace per host
     kubernetes: KubernetesTarget | None = None  # kubernetes and podman-kube runs only
 
     @property

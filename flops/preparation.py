@@ -26,6 +26,7 @@ from flops.intake import Source, fetch_source
 from flops.credentials import LOOPBACK_NAMES, refuse_insecure_network
 from flops.orchestrators import EXPORTERS, orchestrator_class
 from flops.orchestrators.kubernetes import check_namespace
+from flops.orchestrators.netns import SUBNET_POOL, check_namespaces_usable
 from flops.plan import KubernetesTarget, RunPlan, new_run_id, plan_clusters
 from flops.runstate import RunState, process_start_time, runs_dir
 from flops.topology import Topology, load_topology, topology_from_counts
@@ -72,12 +73,14 @@ def prepare_run(
     tracking_uri: str, progress: Progress | None = None, topology_file: Path | None = None,
     image: str | None = None, build_image: Callable[[RunPlan], str] | None = None,
     insecure: bool = False, allow_insecure_network: bool = False, kubernetes: KubernetesTarget | None = None,
+    network: str = "loopback",
 ) -> RunPlan:
     """Everything that can reject bad input, before anything starts. Raises BadInputError subclasses.
 
     `image` is a ready FLOps image; else `build_image`, when given, makes one from the prepared plan (the
     image step, passed in because preparation comes before it). `kubernetes` (namespace, context) is for the
-    kubernetes and podman-kube orchestrators only. Input refused here leaves no run behind.
+    kubernetes and podman-kube orchestrators only; `network` "namespaces" for the local one only (a network
+    namespace per host). Input refused here leaves no run behind.
     """
     progress = progress or SilentProgress()
     workdir = workdir.resolve()
@@ -89,8 +92,14 @@ def prepare_run(
             raise ConfigError(f"--namespace/--kube-context: only for {' and '.join(sorted(EXPORTERS))} runs; "
                               f"--orchestrator {orchestrator} starts no Kubernetes objects")
         check_namespace(kubernetes.namespace)
-    if insecure:  # every orchestrator binds loopback today; topology hosts will add theirs here
-        refuse_insecure_network(list(LOOPBACK_NAMES), allow_insecure_network)
+    if network == "namespaces":
+        if orchestrator != "local":
+            raise ConfigError(f"--network namespaces: only for --orchestrator local (--orchestrator {orchestrator} "
+                              "places its components itself)")
+        check_namespaces_usable()
+    if insecure:
+        hosts = list(LOOPBACK_NAMES) if network == "loopback" else [f"{SUBNET_POOL} (one network namespace per host)"]
+        refuse_insecure_network(hosts, allow_insecure_network)
     topology = _topology(config, topology_file)
     if topology.is_flat and config.hierarchy_options_given():
         given = ", ".join(f"{name} = {getattr(config, name)}" for name in config.hierarchy_options_given())
@@ -112,7 +121,7 @@ def prepare_run(
         elif build_image is not None:
             progress.phase(state.update(phase="building image"))
             plan = plan.model_copy(update={"image": build_image(plan)})
-        plan = plan.model_copy(update={"insecure": insecure,
+        plan = plan.model_copy(update={"insecure": insecure, "network": network,
                                        "kubernetes": kubernetes or (KubernetesTarget() if orchestrator in EXPORTERS else None)})
         plan.save()
         return plan

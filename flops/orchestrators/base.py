@@ -57,17 +57,20 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def wait_for_port(port: int, record: ComponentRecord, timeout_s: float, exit_reason: Callable[[], str | None]) -> None:
-    """Poll until something listens on loopback PORT; fail at once if the component died.
+def wait_for_port(port: int, record: ComponentRecord, timeout_s: float, exit_reason: Callable[[], str | None],
+                  is_open: Callable[[], bool] | None = None) -> None:
+    """Poll until something listens on PORT (by default: on loopback); fail at once if the component died.
 
     exit_reason() returns None while the component lives, else e.g. "exited with code 1 while starting: ...".
+    is_open() replaces the loopback probe where the component's port is not on this host's loopback.
     """
+    is_open = is_open or (lambda: port_open(port))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         reason = exit_reason()
         if reason is not None:
             raise DeployError(f"{record.name} {reason} (log: {record.log_path})")
-        if port_open(port):
+        if is_open():
             return
         time.sleep(0.1)
     raise DeployError(f"{record.name} did not open port {port} within {timeout_s:.0f}s (log: {record.log_path})")
@@ -97,32 +100,35 @@ class Orchestrator(ABC):
         Every link is TLS with the run's CA and every SuperNode's key is registered before it starts,
         unless the plan is --insecure.
         """
-        self._before_deploy(plan)
         (plan.run_dir / "flwr_home").mkdir(parents=True, exist_ok=True)
         self.security = LinkSecurity(plan)
         deployment = Deployment(orchestrator=self.name, run_id=plan.run_id, control_address="",
                                 ca_cert=self.security.ca_cert)
         try:
-            root, root_port = self._start_superlink(plan, "superlink", "root-aggregator")
+            self._before_deploy(plan)
+            root, root_address = self._start_superlink(plan, "superlink", "root-aggregator", host="root")
             deployment.components.append(root)
-            deployment.control_address = f"127.0.0.1:{root_port}"
+            deployment.control_address = root_address
             if not plan.hierarchical:
-                deployment.components += self._start_learners(plan, plan.learners, root_port)
+                deployment.components += self._start_learners(plan, plan.learners, root_address)
             for cluster in plan.clusters:
-                link, link_port = self._start_superlink(plan, f"{cluster.dir_name}-superlink", "cluster-aggregator")
+                # A cluster's SuperLink and its aggregator share a host: the gateway of that cluster.
+                link, link_address = self._start_superlink(plan, f"{cluster.dir_name}-superlink",
+                                                           "cluster-aggregator", host=cluster.dir_name)
                 deployment.components.append(link)
-                deployment.components += self._start_learners(plan, cluster.learners, link_port)
+                deployment.components += self._start_learners(plan, cluster.learners, link_address)
                 aggregator = ComponentRecord(name=f"{cluster.dir_name}-aggregator", role="cluster-aggregator",
                                              log_path=plan.logs_dir / f"{cluster.dir_name}-aggregator.log")
-                deployment.components.append(self._start_supernode(plan, aggregator, root_port, {
+                deployment.components.append(self._start_supernode(plan, aggregator, root_address, {
                     "cluster-name": cluster.name, "cluster-index": cluster.index,
-                    "cluster-size": len(cluster.learners), "cluster-superlink": f"127.0.0.1:{link_port}",
+                    "cluster-size": len(cluster.learners), "cluster-superlink": link_address,
                     "cluster-dir": str(plan.cluster_dir(cluster)), "app-dir": str(plan.app_dir),
                     # "id=name,..." not JSON: Flower's --node-config parser cuts values at inner quotes.
                     "cluster-members": ",".join(f"{l.partition_id}={l.name}" for l in cluster.learners),
                     "cluster-superlink-ca": str(self.security.ca_cert or ""),
-                }))
+                }, host=cluster.dir_name))
             self._after_supernodes_started(plan)
+            deployment.settings.update(self._settings())
             records = {c.name: c for c in deployment.components}
             self.security.wait_until_online(plan.config.startup_timeout_s,
                                             lambda name: self._exit_reason(records[name]),
@@ -158,14 +164,15 @@ class Orchestrator(ABC):
         record.restarts += 1
         return True
 
-    def _start_learners(self, plan: RunPlan, learners: list[LearnerSpec], superlink_port: int) -> list[ComponentRecord]:
+    def _start_learners(self, plan: RunPlan, learners: list[LearnerSpec], superlink_address: str) -> list[ComponentRecord]:
         return [
             self._start_supernode(
                 plan,
                 ComponentRecord(name=learner.name, role="learner", log_path=plan.logs_dir / f"{learner.name}.log",
                                 partition_id=learner.partition_id),
-                superlink_port,
+                superlink_address,
                 {"partition-id": learner.partition_id, "num-partitions": learner.num_partitions},
+                host=learner.name,
             )
             for learner in learners
         ]
@@ -176,14 +183,19 @@ class Orchestrator(ABC):
     def _after_supernodes_started(self, plan: RunPlan) -> None:
         """Hook: SuperNodes start in parallel; an implementation may wait for them here."""
 
-    @abstractmethod
-    def _start_superlink(self, plan: RunPlan, name: str, role: ComponentRole) -> tuple[ComponentRecord, int]:
-        """Start one SuperLink on a free loopback port, wait until it listens; return it and the port."""
+    def _settings(self) -> dict[str, str]:
+        """Hook: orchestrator-specific facts a later `flops stop` needs (kept in Deployment.settings)."""
+        return {}
 
     @abstractmethod
-    def _start_supernode(self, plan: RunPlan, record: ComponentRecord, superlink_port: int,
-                         node_config: dict[str, str | int]) -> ComponentRecord:
-        """Start one SuperNode connected to the SuperLink on superlink_port, with this node config."""
+    def _start_superlink(self, plan: RunPlan, name: str, role: ComponentRole, host: str) -> tuple[ComponentRecord, str]:
+        """Start one SuperLink on HOST (a name: "root", "cluster-0"; where it goes is the implementation's choice),
+        wait until it listens; return it and the host:port its SuperNodes and the Control API client dial."""
+
+    @abstractmethod
+    def _start_supernode(self, plan: RunPlan, record: ComponentRecord, superlink_address: str,
+                         node_config: dict[str, str | int], host: str) -> ComponentRecord:
+        """Start one SuperNode on HOST connected to the SuperLink at superlink_address, with this node config."""
 
     @abstractmethod
     def _restart(self, plan: RunPlan, record: ComponentRecord) -> None:

@@ -135,18 +135,17 @@ class DockerOrchestrator(Orchestrator):
         code = container.attrs["State"]["ExitCode"] if container else "?"
         return f"exited with code {code} while starting: {tail}"
 
-    def _start_superlink(self, plan: RunPlan, name: str, role: ComponentRole) -> tuple[ComponentRecord, int]:
-        port = free_port()
+    def _start_superlink(self, plan: RunPlan, name: str, role: ComponentRole, host: str) -> tuple[ComponentRecord, str]:
+        port = free_port()  # every container is on the host network: HOST is this machine
         record = ComponentRecord(name=name, role=role, log_path=plan.logs_dir / f"{name}.log")
         image_role = "root-aggregator" if role == "root-aggregator" else "cluster-superlink"
         self._run(plan, record, image_role, [*self.security.superlink_args(name), "--host", "127.0.0.1",
                                              "--port", str(port)])
         wait_for_port(port, record, plan.config.startup_timeout_s, lambda: self._exit_reason(record))
-        return record, port
+        return record, f"127.0.0.1:{port}"
 
-    def _start_supernode(self, plan: RunPlan, record: ComponentRecord, superlink_port: int,
-                         node_config: dict[str, str | int]) -> ComponentRecord:
-        superlink = f"127.0.0.1:{superlink_port}"
+    def _start_supernode(self, plan: RunPlan, record: ComponentRecord, superlink: str,
+                         node_config: dict[str, str | int], host: str) -> ComponentRecord:
         args = [*self.security.supernode_args(record.name, superlink), "--superlink", superlink, "--port", str(free_port()),
                 "--node-config", node_config_text(node_config), "--max-retries", "5", "--max-wait-time", "30"]
         return self._run(plan, record, record.role, args)

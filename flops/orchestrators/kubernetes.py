@@ -324,9 +324,9 @@ class KubernetesOrchestrator(Orchestrator):
     def _restart(self, plan: RunPlan, record: ComponentRecord) -> None:
         raise NotImplementedError("Kubernetes replaces failed pods itself")
 
-    def _start_superlink(self, plan: RunPlan, name: str, role: ComponentRole) -> tuple[ComponentRecord, int]:
+    def _start_superlink(self, plan: RunPlan, name: str, role: ComponentRole, host: str) -> tuple[ComponentRecord, str]:
         raise NotImplementedError("KubernetesOrchestrator.deploy applies every object at once")
 
-    def _start_supernode(self, plan: RunPlan, record: ComponentRecord, superlink_port: int,
-                         node_config: dict[str, str | int]) -> ComponentRecord:
+    def _start_supernode(self, plan: RunPlan, record: ComponentRecord, superlink_address: str,
+                         node_config: dict[str, str | int], host: str) -> ComponentRecord:
         raise NotImplementedError("KubernetesOrchestrator.deploy applies every object at once")

@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from flops.credentials import LOOPBACK_NAMES
 from flops.errors import DeployError
 from flops.orchestrators.base import (
     ComponentRecord,
@@ -19,6 +20,7 @@ from flops.orchestrators.base import (
     node_config_text,
     wait_for_port,
 )
+from flops.orchestrators.netns import NamespaceNetwork
 from flops.plan import RunPlan
 
 # Every process of a run carries this variable (children inherit it), so stop() also finds
@@ -55,6 +57,24 @@ def _tail(path: Path, lines: int = 5) -> str:
         return ""
 
 
+_TCP_LISTEN = "0A"
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether a socket in PID's network namespace listens on PORT (any address). Reads /proc/PID/net/tcp*,
+    which shows the namespace of that process: this works for a component in its own network namespace too."""
+    for table in ("tcp", "tcp6"):
+        try:
+            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == _TCP_LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
 def processes_of_run(run_id: str) -> list[int]:
     """PIDs of live processes whose environment carries FLOPS_RUN_ID=run_id."""
     marker = f"{RUN_ID_ENV}={run_id}".encode()
@@ -85,13 +105,18 @@ def groups_of_run(run_id: str) -> set[int]:
 
 
 class LocalOrchestrator(Orchestrator):
-    """Processes on this machine, each in its own process group, with logs in the run directory."""
+    """Processes on this machine, each in its own process group, with logs in the run directory.
+
+    Components talk over loopback by default. With the plan's network "namespaces" every host of the run (the
+    root, each cluster's gateway, each learner) is a network namespace with its own address on one bridge.
+    """
 
     name = "local"
 
     def __init__(self) -> None:
         self._children: dict[int, subprocess.Popen] = {}  # reaped by this process when it started them
         self._pending_ports: list[tuple[int, ComponentRecord]] = []  # SuperNode Runtime APIs not yet seen up
+        self._network: NamespaceNetwork | None = None
 
     def _env(self, plan: RunPlan) -> dict[str, str]:
         env = dict(os.environ)
@@ -103,6 +128,12 @@ class LocalOrchestrator(Orchestrator):
         # second at each of a round's hops is pure latency on loopback.
         env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")
         return env
+
+    def _address(self, host: str) -> str:
+        return self._network.address(host) if self._network else "127.0.0.1"
+
+    def _on_host(self, host: str, argv: list[str]) -> list[str]:
+        return [*self._network.exec_prefix(host), *argv] if self._network else argv
 
     def _spawn(self, plan: RunPlan, record: ComponentRecord, argv: list[str]) -> ComponentRecord:
         record.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,40 +174,49 @@ class LocalOrchestrator(Orchestrator):
             return None
         return f"exited with code {proc.returncode} while starting: {_tail(record.log_path)}"
 
-    def _start_superlink(self, plan: RunPlan, name: str, role: ComponentRole) -> tuple[ComponentRecord, int]:
-        port = free_port()
+    def _start_superlink(self, plan: RunPlan, name: str, role: ComponentRole, host: str) -> tuple[ComponentRecord, str]:
+        port, address = free_port(), self._address(host)
+        names = LOOPBACK_NAMES if address == "127.0.0.1" else (address,)
         record = self._spawn(
             plan,
             ComponentRecord(name=name, role=role, log_path=plan.logs_dir / f"{name}.log"),
-            [str(plan.python.parent / "flower-superlink"), *self.security.superlink_args(name),
-             "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(port)],
+            self._on_host(host, [str(plan.python.parent / "flower-superlink"), *self.security.superlink_args(name, names),
+                                 "--disable-runtime-dependency-installation", "--host", address, "--port", str(port)]),
         )
-        wait_for_port(port, record, plan.config.startup_timeout_s, lambda: self._exit_reason(record))
-        return record, port
+        wait_for_port(port, record, plan.config.startup_timeout_s, lambda: self._exit_reason(record),
+                      lambda: listens(record.pid, port))
+        return record, f"{address}:{port}"
 
-    def _start_supernode(self, plan: RunPlan, record: ComponentRecord, superlink_port: int,
-                         node_config: dict[str, str | int]) -> ComponentRecord:
-        port = free_port()
+    def _start_supernode(self, plan: RunPlan, record: ComponentRecord, superlink: str,
+                         node_config: dict[str, str | int], host: str) -> ComponentRecord:
+        port = free_port()  # its Runtime API, on the loopback of its own host
         # Bounded reconnects: a SuperNode whose SuperLink is gone exits instead of retrying forever.
-        superlink = f"127.0.0.1:{superlink_port}"
         argv = [str(plan.python.parent / "flower-supernode"), *self.security.supernode_args(record.name, superlink),
                 "--superlink", superlink, "--port", str(port),
                 "--node-config", node_config_text(node_config), "--max-retries", "5", "--max-wait-time", "30"]
         if os.environ.get(COLD_LEARNERS_ENV) != "1":
             # One component, one process group: the launcher runs the SuperNode and the run's warm worker.
             argv = [str(plan.python), str(plan.app_dir / "flops_app" / "warm_executor.py"), "--", *argv]
-        self._spawn(plan, record, argv)
+        self._address(host)  # its namespace exists before anything runs in it
+        self._spawn(plan, record, self._on_host(host, argv))
         self._pending_ports.append((port, record))
         return record
 
     def _before_deploy(self, plan: RunPlan) -> None:
         self._pending_ports.clear()
+        if plan.network == "namespaces":
+            self._network = NamespaceNetwork(plan.run_id)
+            self._network.up()
+
+    def _settings(self) -> dict[str, str]:
+        return self._network.settings() if self._network else {}
 
     def _after_supernodes_started(self, plan: RunPlan) -> None:
         """A SuperNode that cannot bind its Runtime API fails the deployment here, not mid-round."""
         while self._pending_ports:
             port, record = self._pending_ports.pop(0)
-            wait_for_port(port, record, plan.config.startup_timeout_s, lambda r=record: self._exit_reason(r))
+            wait_for_port(port, record, plan.config.startup_timeout_s, lambda r=record: self._exit_reason(r),
+                          lambda r=record, p=port: listens(r.pid, p))
 
     def status(self, deployment: Deployment) -> dict[str, bool]:
         alive = {}
@@ -208,6 +248,9 @@ class LocalOrchestrator(Orchestrator):
             proc = self._children.pop(pid, None)
             if proc is not None:
                 proc.wait()
+        network = self._network or NamespaceNetwork.from_settings(deployment.run_id, deployment.settings)
+        if network is not None:
+            network.teardown()
 
     def _any_alive(self, groups: list[int], run_id: str) -> bool:
         for pid in groups:

@@ -1,0 +1,143 @@
+"""Hosts on one machine: each a Linux network namespace with its own address on one bridge.
+
+The local orchestrator's `--network namespaces` mode. Every component sees only its own interfaces, so the
+addresses it dials and listens on are what separate machines would use; nothing of a run is on the host's
+loopback. The bridge (and the .1 address on it) lives in the host's namespace: that is where the controller
+and `flops status` reach the root SuperLink from. Needs root and iproute2's `ip`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+from flops.errors import ConfigError, DeployError
+
+MODES = ("loopback", "namespaces")
+# /24 subnets are drawn from here; one that overlaps a route of this machine is skipped.
+SUBNET_POOL = ipaddress.ip_network("10.144.0.0/12")
+IP_TIMEOUT_S = 30
+
+
+def check_namespaces_usable() -> None:
+    """Refuse `--network namespaces` up front where it cannot work (bad input, exit 2)."""
+    if os.geteuid() != 0:
+        raise ConfigError("--network namespaces: needs root (it creates network namespaces, veth pairs and a bridge)")
+    if shutil.which("ip") is None:
+        raise ConfigError("--network namespaces: iproute2's `ip` is not installed")
+
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run `ip ARGS`; a failure becomes DeployError naming the command and ip's message."""
+    try:
+        done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=IP_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise DeployError(f"ip {' '.join(args)}: {exc}") from exc
+    if check and done.returncode != 0:
+        raise DeployError(f"ip {' '.join(args)}: {done.stderr.strip() or f'exit {done.returncode}'}")
+    return done
+
+
+def _used_networks() -> list[ipaddress.IPv4Network]:
+    routes = json.loads(ip("-j", "-4", "route", "show", "table", "all").stdout or "[]")
+    used = []
+    for route in routes:
+        dst = route.get("dst", "")
+        if dst and dst != "default":
+            try:
+                used.append(ipaddress.ip_network(dst, strict=False))
+            except ValueError:
+                continue
+    return used
+
+
+def _free_subnet(seed: str) -> ipaddress.IPv4Network:
+    subnets = list(SUBNET_POOL.subnets(new_prefix=24))
+    start = int(hashlib.sha256(seed.encode()).hexdigest(), 16) % len(subnets)
+    used = _used_networks()
+    for offset in range(len(subnets)):
+        subnet = subnets[(start + offset) % len(subnets)]
+        if not any(subnet.overlaps(net) for net in used):
+            return subnet
+    raise DeployError(f"--network namespaces: every /24 of {SUBNET_POOL} is in use on this machine")
+
+
+@dataclass
+class NamespaceNetwork:
+    """One run's hosts: a bridge with the controller's address (.1) and a namespace per host (.2 upwards).
+
+    What exists is kept in `settings` (the deployment's orchestrator settings), so `flops stop` in another
+    shell can remove it.
+    """
+
+    run_id: str
+    tag: str = ""
+    subnet: ipaddress.IPv4Network | None = None
+    hosts: dict[str, str] = field(default_factory=dict)  # host name -> its address
+
+    def __post_init__(self) -> None:
+        # Interface names have 15 characters at most: a short tag of the run id names the bridge and the veths.
+        self.tag = self.tag or hashlib.sha256(self.run_id.encode()).hexdigest()[:6]
+
+    @property
+    def bridge(self) -> str:
+        return f"flb{self.tag}"
+
+    def namespace(self, host: str) -> str:
+        return f"flops-{self.tag}-{host}"
+
+    def up(self) -> None:
+        self.subnet = _free_subnet(self.run_id)
+        ip("link", "add", self.bridge, "type", "bridge")
+        ip("addr", "add", f"{self.subnet[1]}/{self.subnet.prefixlen}", "dev", self.bridge)
+        ip("link", "set", self.bridge, "up")
+
+    def address(self, host: str) -> str:
+        """The address of HOST, creating its namespace and link on first use."""
+        if host in self.hosts:
+            return self.hosts[host]
+        if self.subnet is None:
+            raise DeployError("--network namespaces: the bridge is not up")
+        index = len(self.hosts)
+        address = str(self.subnet[index + 2])
+        namespace, veth = self.namespace(host), f"flv{self.tag}{index:02x}"
+        ip("netns", "add", namespace)
+        self.hosts[host] = address  # recorded before the link: a half-made host is removed by teardown too
+        ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", namespace)
+        ip("link", "set", veth, "master", self.bridge, "up")
+        ip("-n", namespace, "addr", "add", f"{address}/{self.subnet.prefixlen}", "dev", "eth0")
+        ip("-n", namespace, "link", "set", "eth0", "up")
+        ip("-n", namespace, "link", "set", "lo", "up")
+        return address
+
+    def exec_prefix(self, host: str) -> list[str]:
+        """argv prefix that runs a command on HOST (same pid: `ip netns exec` execs it)."""
+        return ["ip", "netns", "exec", self.namespace(host)]
+
+    def veth_of(self, host: str) -> str:
+        """The host-side interface of HOST's link (shape it with tc, read its counters)."""
+        return f"flv{self.tag}{list(self.hosts).index(host):02x}"
+
+    def settings(self) -> dict[str, str]:
+        return {"network": "namespaces", "netns-tag": self.tag, "netns-subnet": str(self.subnet or ""),
+                "netns-hosts": json.dumps(self.hosts)}
+
+    @classmethod
+    def from_settings(cls, run_id: str, settings: dict[str, str]) -> NamespaceNetwork | None:
+        if settings.get("network") != "namespaces":
+            return None
+        subnet = settings.get("netns-subnet")
+        return cls(run_id=run_id, tag=settings["netns-tag"],
+                   subnet=ipaddress.ip_network(subnet) if subnet else None,
+                   hosts=json.loads(settings.get("netns-hosts", "{}")))
+
+    def teardown(self) -> None:
+        """Remove every namespace and the bridge (their veth pairs go with them); safe to call twice."""
+        for host in self.hosts:
+            ip("netns", "delete", self.namespace(host), check=False)
+        ip("link", "delete", self.bridge, check=False)
