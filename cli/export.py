@@ -10,10 +10,9 @@ from cli.errors import reports_errors
 from cli.options import echo_json, json_option, workdir_option
 from cli.progress import ProgressPrinter, make_progress
 from flops.config import load_config
-from flops.errors import ConfigError, FlopsError
-from flops.orchestrators import EXPORTERS, orchestrator_for
+from flops.errors import ConfigError
+from flops.orchestrators import EXPORTERS
 from flops.plan import KubernetesTarget
-from flops.runstate import load_state
 
 
 @click.command("export")
@@ -52,7 +51,8 @@ def export_command(source: str, orchestrator: str, output_dir: Path, image: str 
                    insecure: bool, workdir: Path, as_json: bool) -> None:
     """Prepare SOURCE as a run (checks, environment, app) and write its manifests to OUTPUT."""
     from flops.app_image import ImageOptions, run_image_step
-    from flops.preparation import prepare_run
+    from flops.preparation import RunRequest
+    from flops.submission import export
     from flops.tracking import default_tracking_uri
 
     if not image and not registry:
@@ -67,16 +67,10 @@ def export_command(source: str, orchestrator: str, output_dir: Path, image: str 
         options = ImageOptions.checked(registry=registry or "", base_image=base_image, pip_find_links=[],
                                        platform_constraints=[], tls_verify=tls_verify)
         build_image = run_image_step(options, ProgressPrinter())
-    plan = prepare_run(source, ref, config, workdir, orchestrator, tracking_uri or default_tracking_uri(workdir),
-                       make_progress(), topology_file, image, build_image, insecure=insecure,
-                       kubernetes=KubernetesTarget(namespace=namespace))
-    state = load_state(workdir, plan.run_id)
-    try:
-        path = orchestrator_for(plan).export(plan, output_dir.resolve() / f"{plan.run_id}.yaml")
-    except FlopsError as exc:
-        state.update(status="FAILED", phase="exporting", message=str(exc))
-        raise
-    state.update(phase="exported", controller_pid=None, message=f"manifests in {path}")
+    request = RunRequest(source=source, ref=ref, config=config, workdir=workdir, orchestrator=orchestrator,
+                         tracking_uri=tracking_uri or default_tracking_uri(workdir), topology_file=topology_file,
+                         image=image, insecure=insecure, kubernetes=KubernetesTarget(namespace=namespace))
+    plan, path = export(request, output_dir, make_progress(), build_image)
     if as_json:
         echo_json({"run_id": plan.run_id, "manifests": str(path), "image": plan.image, "run_dir": str(plan.run_dir)})
     else:

@@ -44,6 +44,9 @@ class PlainProgress:
     def warn(self, message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
+    def note(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
 
 class RichProgress:
     """A spinner with phase and latest round on a terminal; rounds stay in the scrollback."""
@@ -65,6 +68,9 @@ class RichProgress:
 
     def warn(self, message: str) -> None:
         self.console.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
+
+    def note(self, message: str) -> None:
+        self.console.print(message, markup=False, highlight=False)
 
     def close(self) -> None:
         self._status.stop()

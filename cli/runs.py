@@ -13,7 +13,7 @@ from cli.options import echo_json, json_option, workdir_option
 from cli.progress import ProgressPrinter, make_progress
 from flops.app_image import ImageOptions, run_image_step
 from flops.config import load_config
-from flops.controller import EXIT_CODES, follow_run, start_detached
+from flops.controller import EXIT_CODES, follow_run
 from flops.errors import ConfigError
 from flops.orchestrators import NEEDS_IMAGE, ORCHESTRATORS
 from flops.orchestrators.netns import MODES as NETWORK_MODES
@@ -99,7 +99,8 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
     The run's controller always runs detached from this shell: killing this command does not stop
     training; Ctrl-C stops the run.
     """
-    from flops.preparation import prepare_run
+    from flops.preparation import RunRequest
+    from flops.submission import submit
     from flops.tracking import default_tracking_uri
 
     config = load_config(config_file, {
@@ -126,21 +127,18 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
         if namespace or kube_context else None
     if insecure:
         click.echo("warning: --insecure: Flower links are plain text and any SuperNode may join", err=True)
-    progress = make_progress()
-    plan = prepare_run(source, ref, config, workdir, orchestrator, tracking_uri or default_tracking_uri(workdir),
-                       progress, topology_file, image, build_image, insecure=insecure,
-                       allow_insecure_network=allow_insecure_network, kubernetes=kubernetes, network=network)
-    for cluster in plan.clusters:
-        click.echo(f"cluster {cluster.name}: {', '.join(l.name for l in cluster.learners)}", err=True)
+    request = RunRequest(source=source, ref=ref, config=config, workdir=workdir, orchestrator=orchestrator,
+                         tracking_uri=tracking_uri or default_tracking_uri(workdir), topology_file=topology_file,
+                         image=image, insecure=insecure, allow_insecure_network=allow_insecure_network,
+                         kubernetes=kubernetes, network=network)
+    # The run is not this shell: killing it does not stop training (Ctrl-C does).
+    plan, state = submit(request, make_progress(), detach, build_image)
     if detach:
-        state = start_detached(plan)
         if as_json:
             echo_json({"run_id": plan.run_id, "status": state.status, "run_dir": str(plan.run_dir)})
         else:
             click.echo(f"run {plan.run_id} started; follow it with: flops status {plan.run_id}")
         return
-    start_detached(plan)  # the run is not this shell: killing it does not stop training
-    state = follow_run(workdir, plan.run_id, progress, stop_on_interrupt=True)
     _report(state, as_json)
     sys.exit(EXIT_CODES[state.status])
 
@@ -152,12 +150,9 @@ def submit_command(source: str, ref: str | None, config_file: Path | None, round
 @reports_errors
 def resume_command(run_id: str, workdir: Path, as_json: bool) -> None:
     """Continue a run whose SuperLink, controller or host died, from its last checkpoint (same MLflow run)."""
-    from flops.execution import prepare_resume
+    from flops.submission import resume
 
-    workdir = workdir.resolve()
-    plan = prepare_resume(workdir, run_id)
-    start_detached(plan, resume=True)
-    state = follow_run(workdir, run_id, make_progress(), stop_on_interrupt=True)
+    state = resume(workdir.resolve(), run_id, make_progress())
     _report(state, as_json)
     sys.exit(EXIT_CODES[state.status])
 

@@ -24,6 +24,18 @@ from flwr.supercore.interceptors.http.runtime_version import RuntimeVersionHttpI
 from flops.errors import DeployError, FlopsError
 
 
+def describe_tls_failure(error: str) -> str | None:
+    """What a failed certificate check of a SuperLink means, from the TLS library's message; None if ERROR is not
+    one (the same wording reaches a SuperNode's log and this module's client)."""
+    if "CERTIFICATE_VERIFY_FAILED" not in error:
+        return None
+    if "expired" in error:
+        return f"TLS: the SuperLink's certificate has expired ({error})"
+    if "mismatch" in error or "not valid for" in error:
+        return f"TLS: the SuperLink's certificate is not valid for the address it was reached at ({error})"
+    return f"TLS: the SuperLink's certificate is not signed by the CA it trusts ({error})"
+
+
 class ControlUnavailable(FlopsError):
     """The SuperLink's Control API did not answer: the SuperLink is down, unreachable or overloaded."""
 
@@ -62,7 +74,8 @@ class FlowerControl:
         try:
             response = self._client.RegisterNode(RegisterNodeRequest(public_key=public_key_pem, name=name))
         except Exception as exc:  # the client raises transport and protocol errors of several types
-            raise DeployError(f"SuperLink at {self.address} refused to register {name}: {exc}") from exc
+            why = describe_tls_failure(str(exc)) or str(exc)
+            raise DeployError(f"{name} cannot be registered with the SuperLink at {self.address}: {why}") from exc
         return int(response.node_id)
 
     def unregister_node(self, node_id: int, name: str) -> None:

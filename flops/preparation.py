@@ -10,7 +10,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ValidationError
 
@@ -37,6 +37,7 @@ class Progress(Protocol):
     def phase(self, state: RunState) -> None: ...
     def round(self, state: RunState) -> None: ...
     def warn(self, message: str) -> None: ...
+    def note(self, message: str) -> None: ...
 
 
 class SilentProgress:
@@ -44,6 +45,9 @@ class SilentProgress:
         pass
 
     def warn(self, message: str) -> None:
+        pass
+
+    def note(self, message: str) -> None:
         pass
 
     def round(self, state: RunState) -> None:
@@ -68,22 +72,38 @@ def raise_stop(signum: int, _frame: Any) -> None:
     raise StopRequested(f"stopped by request ({signal.Signals(signum).name})")
 
 
-def prepare_run(
-    source: str, ref: str | None, config: RunConfig, workdir: Path, orchestrator: str,
-    tracking_uri: str, progress: Progress | None = None, topology_file: Path | None = None,
-    image: str | None = None, build_image: Callable[[RunPlan], str] | None = None,
-    insecure: bool = False, allow_insecure_network: bool = False, kubernetes: KubernetesTarget | None = None,
-    network: str = "loopback",
-) -> RunPlan:
+class RunRequest(BaseModel):
+    """What a user asked for (`flops submit`, `flops export`): the input prepare_run checks and turns into a plan.
+
+    `image` is a ready FLOps image. `kubernetes` (namespace, context) is for the kubernetes and podman-kube
+    orchestrators only; `network` "namespaces" for the local one only (a network namespace per host).
+    """
+
+    source: str
+    ref: str | None = None
+    config: RunConfig
+    workdir: Path
+    orchestrator: str = "local"
+    tracking_uri: str
+    topology_file: Path | None = None
+    image: str | None = None
+    insecure: bool = False
+    allow_insecure_network: bool = False
+    kubernetes: KubernetesTarget | None = None
+    network: Literal["loopback", "namespaces"] = "loopback"
+
+
+def prepare_run(request: RunRequest, progress: Progress | None = None,
+                build_image: Callable[[RunPlan], str] | None = None) -> RunPlan:
     """Everything that can reject bad input, before anything starts. Raises BadInputError subclasses.
 
-    `image` is a ready FLOps image; else `build_image`, when given, makes one from the prepared plan (the
-    image step, passed in because preparation comes before it). `kubernetes` (namespace, context) is for the
-    kubernetes and podman-kube orchestrators only; `network` "namespaces" for the local one only (a network
-    namespace per host). Input refused here leaves no run behind.
+    Without request.image, `build_image`, when given, makes one from the prepared plan (the image step, passed
+    in because preparation comes before it). Input refused here leaves no run behind.
     """
+    source, ref, config, orchestrator = request.source, request.ref, request.config, request.orchestrator
+    insecure, kubernetes, network = request.insecure, request.kubernetes, request.network
     progress = progress or SilentProgress()
-    workdir = workdir.resolve()
+    workdir = request.workdir.resolve()
     if not insecure and not orchestrator_class(orchestrator).carries_credentials:  # an unknown name fails here too
         raise ConfigError(f"--orchestrator {orchestrator} does not carry the run's TLS material and SuperNode keys "
                           "yet: pass --insecure (plain-text Flower links inside the cluster)")
@@ -99,8 +119,8 @@ def prepare_run(
         check_namespaces_usable()
     if insecure:
         hosts = list(LOOPBACK_NAMES) if network == "loopback" else [f"{SUBNET_POOL} (one network namespace per host)"]
-        refuse_insecure_network(hosts, allow_insecure_network)
-    topology = _topology(config, topology_file)
+        refuse_insecure_network(hosts, request.allow_insecure_network)
+    topology = _topology(config, request.topology_file)
     if topology.is_flat and config.hierarchy_options_given():
         given = ", ".join(f"{name} = {getattr(config, name)}" for name in config.hierarchy_options_given())
         raise ConfigError(f"{given}: applies to hierarchical runs only; this run is flat "
@@ -108,16 +128,16 @@ def prepare_run(
     config = config.model_copy(update={"learners": len(topology.learners), "clusters": len(topology.clusters)})
     run_id = new_run_id()
     run_dir = runs_dir(workdir) / run_id
-    state = RunState(run_id=run_id, run_dir=run_dir, rounds=config.rounds, tracking_uri=tracking_uri,
+    state = RunState(run_id=run_id, run_dir=run_dir, rounds=config.rounds, tracking_uri=request.tracking_uri,
                      started_at=time.time(), controller_pid=os.getpid(),
                      controller_started=process_start_time(os.getpid()))
     (run_dir / "logs").mkdir(parents=True)
     run_dir.chmod(0o700)  # keys, logs and the plan are the operator's alone
     previous = signal.signal(signal.SIGTERM, raise_stop)  # `flops stop` while fetching or installing
     try:
-        plan = _prepare(source, ref, config, topology, workdir, orchestrator, tracking_uri, state, progress)
-        if image:
-            plan = plan.model_copy(update={"image": image})
+        plan = _prepare(source, ref, config, topology, workdir, orchestrator, request.tracking_uri, state, progress)
+        if request.image:
+            plan = plan.model_copy(update={"image": request.image})
         elif build_image is not None:
             progress.phase(state.update(phase="building image"))
             plan = plan.model_copy(update={"image": build_image(plan)})

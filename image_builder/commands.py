@@ -113,12 +113,14 @@ def buildah_rm_images(*images: str) -> list[str]:
     return ["buildah", "rmi", "--force", *images]
 
 
-def index_url_options(spec: BuildSpec) -> list[str]:
-    """The index URLs as pip arguments (the emulated install only: uv on the host takes them from uv_index_env)."""
-    args = ["--index-url", spec.pip_index_url] if spec.pip_index_url else []
-    for url in spec.pip_extra_index_urls:
-        args += ["--extra-index-url", url]
-    return args
+def pip_index_config(spec: BuildSpec) -> str | None:
+    """The index URLs as a pip configuration file's text, for the emulated install: pip in the container reads
+    them from a file mounted for that one command (PIP_CONFIG_FILE), so a `user:token@` in them stays off every
+    command line and log; None without index URLs. (uv on the host takes them from uv_index_env.)"""
+    lines = [f"index-url = {spec.pip_index_url}"] if spec.pip_index_url else []
+    if spec.pip_extra_index_urls:
+        lines.append("extra-index-url = " + " ".join(spec.pip_extra_index_urls))
+    return "[global]\n" + "\n".join(lines) + "\n" if lines else None
 
 
 def find_links_options(spec: BuildSpec) -> list[str]:
@@ -177,7 +179,7 @@ def emulated_pip_install(spec: BuildSpec, requirements: str, constraints: str | 
     ]
     if constraints is not None:
         args += ["-c", constraints]
-    return args + index_url_options(spec) + find_links_options(spec)
+    return args + find_links_options(spec)
 
 
 def buildah_run(container: str, command: list[str], mounts: list[tuple[str, str]], env: dict[str, str]) -> list[str]:

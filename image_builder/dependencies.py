@@ -203,6 +203,12 @@ def _emulated_install(
         mounts.append((str(ca), "/flops-ca.crt"))
         env["PIP_CERT"] = "/flops-ca.crt"
     mounts += [(links, links) for links in spec.pip_find_links if Path(links).is_dir()]
+    index_config = cmd.pip_index_config(spec)
+    if index_config is not None:  # in the mounted input folder: read by this pip, never part of the image
+        fd = os.open(work / "pip.conf", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as conf:
+            conf.write(index_config)
+        env["PIP_CONFIG_FILE"] = "/flops-deps-input/pip.conf"
     pip = cmd.emulated_pip_install(
         spec,
         "/flops-deps-input/requirements.txt",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from flops.credentials import LOOPBACK_NAMES, RunAuthority
 from flops.errors import DeployError, RunFailedError
-from flops.flower_control import FlowerControl
+from flops.flower_control import FlowerControl, describe_tls_failure
 from flops.plan import RunPlan
 
 ONLINE = "online"
@@ -29,8 +29,9 @@ def refusal_reason(log_path: Path) -> str | None:
     for i, line in enumerate(lines):
         if _REFUSAL_MARKER in line and i + 1 < len(lines):
             reason = lines[i + 1].strip()
-            if "CERTIFICATE_VERIFY_FAILED" in reason:
-                return f"TLS: the SuperLink's certificate is not signed by the CA it trusts ({reason})"
+            tls = describe_tls_failure(reason)
+            if tls:
+                return tls
             if "code: 2004" in reason or "code: 2001" in reason:
                 return f"SuperNode authentication: its key is not registered with the SuperLink ({reason})"
             return reason

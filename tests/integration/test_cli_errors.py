@@ -150,6 +150,8 @@ FLAG_CASES = {
     "assignment-on-flat": (["--assignment", "min-comm-cost"], r"assignment = min-comm-cost: applies to hierarchical"),
     "registry-on-local": (["--registry", "127.0.0.1:5000"], r"--registry: only for container orchestrators"),
     "namespace-on-local": (["--namespace", "edge"], r"--namespace/--kube-context: only for kubernetes and podman-kube"),
+    "namespaces-on-docker": (["--network", "namespaces", "--orchestrator", "docker", "--image", "x:1"],
+                             r"--network namespaces: only for --orchestrator local"),
 }
 
 
@@ -160,6 +162,15 @@ def test_submit_rejects_a_bad_flag_value_naming_the_field(case, tiny_task_repo: 
     result = run_flops("submit", str(tiny_task_repo), *flags, "--workdir", str(workdir))
     line = assert_only_error_line_on_stderr(result)
     assert re.search(expected, line), line
+    assert run_ids(workdir) == []
+
+
+def test_plain_text_links_between_namespaces_need_the_operators_consent(tiny_task_repo: Path, tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    result = run_flops("submit", str(tiny_task_repo), "--network", "namespaces", "--insecure", "--workdir", str(workdir))
+    line = assert_one_line_error(result)  # after --insecure's own warning
+    assert line.startswith("error: --insecure: Flower links would be plain text on 10.144.0.0/12 "), line
+    assert "--allow-insecure-network" in line
     assert run_ids(workdir) == []
 
 

@@ -3,7 +3,8 @@
 Two kinds of run, each shared by several tests (module-scoped fixtures, the machine is small):
 - `exact_run`: the test-only task of tests/fixtures/hfl_exact_task, whose train() makes a known change,
   in two hand-placed clusters, so the final model can be worked out by hand; it also carries a
-  --comm-budget that allows one global round of two.
+  --comm-budget that allows one global round of two, and runs with --network namespaces (a network
+  namespace and address per host).
 - `cnn_runs`: examples/digits-cnn hierarchical (4 learners, 2 clusters, 3 global x 2 local rounds) and
   flat (4 learners, 6 rounds: the same learner work), compared on accuracy and bytes to the root.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +75,8 @@ def exact_run(tmp_path_factory: pytest.TempPathFactory) -> SubmittedRun:
     result = run_flops(
         "submit", repo.as_uri(), "--topology", str(topology), "--rounds", str(GLOBAL_ROUNDS),
         "--local-rounds", str(LOCAL_ROUNDS), "--comm-budget", repr(COMM_BUDGET), "--round-timeout", "900",
+        # Every host its own network namespace and address: the answer below is the same as on loopback.
+        "--network", "namespaces",
         "--workdir", str(workdir), "--json", timeout_s=2400,  # generous limits for a shared, loaded CI machine
     )
     assert result.returncode == 0, result.output
@@ -97,6 +101,19 @@ def test_root_model_is_the_example_weighted_average_of_the_cluster_models(exact_
     assert not np.allclose(final, INITIAL + (LOCAL_ROUNDS * STEP_A + LOCAL_ROUNDS * STEP_B) / 2)
     # The central evaluation saw the same model: test() returns the sum of the weights as its loss.
     assert summary["final_metrics"]["loss"] == pytest.approx(expected.sum(), abs=1e-9)
+
+
+@pytest.mark.timeout(2700)
+def test_each_host_had_its_own_address_and_nothing_of_the_network_is_left(exact_run: SubmittedRun) -> None:
+    state = run_state(exact_run.workdir, exact_run.summary["run_id"])
+    deployment = state["deployment"]
+    hosts = json.loads(deployment["settings"]["netns-hosts"])
+    # The root, each cluster's gateway (its SuperLink and its aggregator) and each learner.
+    assert sorted(hosts) == ["cluster-0", "cluster-1", "learner-0", "learner-1", "learner-2", "learner-3", "root"]
+    assert len(set(hosts.values())) == len(hosts) and "127.0.0.1" not in hosts.values()
+    assert deployment["control_address"].startswith(hosts["root"] + ":")
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"flops-{deployment['settings']['netns-tag']}-" not in listed
 
 
 @pytest.mark.timeout(2700)

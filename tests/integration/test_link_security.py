@@ -4,6 +4,7 @@ nothing; a capture of the SuperLink's port shows no model bytes in clear. One ti
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -234,4 +235,33 @@ def test_a_supernode_registered_behind_flops_back_stops_the_run(tmp_path: Path) 
         control.close()
     finally:
         orchestrator.stop(deployment)
+    assert not processes_of_run(plan.run_id)
+
+
+@pytest.mark.parametrize("fault", ["expired", "wrong-name"])
+def test_a_superlink_certificate_that_is_expired_or_for_another_name_is_refused(
+        fault: str, tmp_path: Path, monkeypatch) -> None:
+    """A SuperLink whose certificate expired, or names another host: nothing joins it. FLOps finds out when it
+    registers the first SuperNode's key (its Control API client checks the certificate as a SuperNode does) and
+    fails the deployment in one line naming that component and the reason; nothing is left running."""
+    from flops import credentials
+    from flops.errors import DeployError
+    from flops.orchestrators.link_security import LinkSecurity
+    from flops.orchestrators.local import LocalOrchestrator, processes_of_run
+
+    if fault == "expired":  # issued valid from 5 minutes ago until 1 minute ago
+        monkeypatch.setattr(credentials, "VALIDITY", datetime.timedelta(minutes=-1))
+    else:
+        issue = LinkSecurity.superlink_args
+        monkeypatch.setattr(LinkSecurity, "superlink_args",
+                            lambda self, name, hosts=(): issue(self, name, ("superlink.invalid",)))
+    plan = _bare_plan(tmp_path, fault)
+    with pytest.raises(DeployError) as refused:
+        LocalOrchestrator().deploy(plan)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("learner-0 cannot be registered with the SuperLink at 127.0.0.1:"), message
+    why = {"expired": "TLS: the SuperLink's certificate has expired",
+           "wrong-name": "TLS: the SuperLink's certificate is not valid for the address it was reached at"}[fault]
+    assert why in message, message
     assert not processes_of_run(plan.run_id)

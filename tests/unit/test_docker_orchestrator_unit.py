@@ -39,7 +39,7 @@ def test_a_learner_container_runs_the_image_role_on_the_host_network_with_run_la
     orchestrator = DockerOrchestrator(image="reg/app@sha256:1", client=SimpleNamespace(containers=fake))
     p = plan(tmp_path, tmp_path / "elsewhere" / "app")
     orchestrator.security = LinkSecurity(p)  # deploy() sets it; an --insecure plan needs no SuperLink to register
-    record = orchestrator._start_learners(p, p.learners, 9000)[0]  # noqa: SLF001
+    record = orchestrator._start_learners(p, p.learners, "127.0.0.1:9000")[0]  # noqa: SLF001
     started = fake.started[0]
     assert started["image"] == "reg/app@sha256:1" and record.container_id == "c1"
     assert started["command"][:2] == ["learner", "--insecure"]

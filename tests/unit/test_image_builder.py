@@ -266,3 +266,35 @@ def test_image_options_refuse_a_malformed_platform_constraint_before_any_work() 
     assert ImageOptions.checked(platform_constraints=["linux/amd64=torch==2.13.0+cpu"]).platform_constraints
     with pytest.raises(ConfigError, match="--platform-constraint 'linux/s390x=torch'"):
         ImageOptions.checked(platform_constraints=["linux/s390x=torch"])
+
+
+def test_the_emulated_pip_reads_index_urls_from_a_private_file_never_from_its_arguments(tmp_path: Path,
+                                                                                        monkeypatch) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from image_builder import dependencies
+
+    token_url = "https://user:s3cret@pypi.example/simple"
+    spec = make_spec(tmp_path, pip_index_url=token_url, pip_extra_index_urls=["https://x/simple"])
+    ran: list[list[str]] = []
+
+    class Recorder:
+        def run(self, args: list[str], **_options: object) -> None:
+            ran.append(args)
+
+    monkeypatch.setattr(dependencies, "qemu_ready", lambda platform: True)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "requirements.txt").write_text("numpy\n")
+    dependencies._emulated_install(spec, "linux/arm64", "ctr", work, work / "requirements.txt", None, Recorder())
+    [argv] = ran
+    assert "s3cret" not in " ".join(argv) and "--index-url" not in argv
+    assert argv[argv.index("PIP_CONFIG_FILE=/flops-deps-input/pip.conf") - 1] == "--env"
+    conf = work / "pip.conf"
+    assert oct(conf.stat().st_mode & 0o777) == "0o600"
+    # pip itself reads the file as meant: both URLs, from the one file PIP_CONFIG_FILE names.
+    listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
+                            env={**os.environ, "PIP_CONFIG_FILE": str(conf)}, check=True).stdout
+    assert f"global.index-url='{token_url}'" in listed and "global.extra-index-url='https://x/simple'" in listed

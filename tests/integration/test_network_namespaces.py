@@ -1,0 +1,168 @@
+"""Components on hosts of their own: `--network namespaces` gives the root, each learner and each cluster gateway
+a Linux network namespace with its own address on one bridge (root only). One flat federation checks the
+addresses, the listeners, a shaped link, the wire and the answer; the hierarchical exact run of test_hfl runs
+in namespaces too. Deploy-only checks (no app) cover the certificate refusals."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import struct
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES_DIR, assert_no_process_left, git_repo_of, run_flops, run_state, wait_for
+from flops.orchestrators.netns import NamespaceNetwork
+
+pytestmark = pytest.mark.slow
+
+LEARNERS, ROUNDS = 3, 2
+SHAPED = "learner-1"
+SHAPED_RATE = "24mbit"  # 3 MB/s: each 1.6 MB copy of the model takes ~0.5 s on that link
+ETH_P_ALL = 0x0003
+PACKET_STATISTICS = 6  # linux/if_packet.h: struct tpacket_stats {packets, drops}
+WEIGHTS = 400_000  # tests/fixtures/netns_link_task
+MODEL_BYTES = WEIGHTS * 4
+# Per round a learner receives the model twice (train and evaluate messages) and sends it back once.
+MODEL_COPIES_PER_LEARNER_ROUND = 3
+# Examples 10, 20, 30 with steps 1, 2, 3: FedAvg moves every weight by (10 + 40 + 90) / 60 per round (1 epoch).
+STEP = (10 * 1 + 20 * 2 + 30 * 3) / 60
+
+
+def _initial_weights() -> np.ndarray:
+    return np.arange(WEIGHTS, dtype=np.float32) / np.float32(WEIGHTS)
+
+
+class VethCapture:
+    """TCP payload bytes per host-side veth of a run, read with one unbound raw packet socket (root): the run's
+    interfaces do not exist yet when it starts. Keeps every payload of the interfaces named PREFIX*."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.payload: dict[str, bytearray] = {}
+        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(ETH_P_ALL))
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
+        self._sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                frame, (ifname, *_rest) = self._sock.recvfrom(1 << 18)
+            except socket.timeout:
+                continue
+            if not ifname.startswith(self.prefix):
+                continue
+            ip = frame[14:]
+            if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != socket.IPPROTO_TCP:
+                continue
+            tcp = ip[(ip[0] & 0x0F) * 4:]
+            self.payload.setdefault(ifname, bytearray()).extend(tcp[(tcp[12] >> 4) * 4:])
+
+    def stop(self) -> int:
+        """Stop; return how many frames the kernel dropped for this socket (0: the byte counts are whole)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        _packets, drops = struct.unpack("II", self._sock.getsockopt(socket.SOL_PACKET, PACKET_STATISTICS, 8))
+        self._sock.close()
+        return drops
+
+
+def _host_veth(namespace: str) -> str:
+    """The host-side name of the veth whose peer is eth0 in NAMESPACE."""
+    inner = json.loads(subprocess.run(["ip", "-n", namespace, "-j", "link", "show", "eth0"], capture_output=True,
+                                      text=True, check=True).stdout)
+    peer_index = inner[0]["link_index"]
+    links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=True).stdout)
+    return next(link["ifname"] for link in links if link["ifindex"] == peer_index)
+
+
+def _shape(namespace: str, veth: str) -> None:
+    """tbf both ways: towards the learner on the host-side veth, from it on its eth0."""
+    tbf = ["root", "tbf", "rate", SHAPED_RATE, "burst", "64kb", "latency", "500ms"]
+    subprocess.run(["tc", "qdisc", "add", "dev", veth, *tbf], check=True)
+    subprocess.run(["ip", "netns", "exec", namespace, "tc", "qdisc", "add", "dev", "eth0", *tbf], check=True)
+
+
+def _namespaces() -> set[str]:
+    return set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+
+
+def _listeners(pid: int) -> list[tuple[str, int]]:
+    """(address, port) of every listening TCP socket in PID's network namespace."""
+    found = []
+    for row in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = row.split()
+        if fields[3] == "0A":
+            address, port = fields[1].split(":")
+            found.append((socket.inet_ntoa(struct.pack("<I", int(address, 16))), int(port, 16)))
+    return found
+
+
+def test_a_flat_run_across_namespaces_over_tls_with_a_shaped_link(tmp_path: Path) -> None:
+    repo = git_repo_of(FIXTURES_DIR / "netns_link_task", tmp_path / "netns-link-task")
+    workdir = tmp_path / "work"
+    capture = VethCapture("flv")
+    result = run_flops("submit", repo.as_uri(), "--learners", str(LEARNERS), "--rounds", str(ROUNDS), "--epochs", "1",
+                       "--network", "namespaces", "--round-timeout", "600", "--workdir", str(workdir),
+                       "--detach", "--json")
+    assert result.returncode == 0, result.output
+    run_id = result.last_json()["run_id"]
+    network = NamespaceNetwork(run_id=run_id)
+    shaped_ns = network.namespace(SHAPED)
+    try:
+        # Shape the learner's link as soon as its host exists: its SuperNode registers and the run starts later.
+        wait_for(lambda: shaped_ns in _namespaces() or run_state(workdir, run_id)["status"] != "RUNNING", 900,
+                 f"{shaped_ns} to exist")
+        shaped_veth = _host_veth(shaped_ns)
+        _shape(shaped_ns, shaped_veth)
+
+        state = wait_for(lambda: (s := run_state(workdir, run_id))["phase"] in ("training", "done") and s, 900,
+                         "the run to start training")
+        deployment = state["deployment"]
+        hosts = json.loads(deployment["settings"]["netns-hosts"])
+        assert sorted(hosts) == sorted(["root", "learner-0", "learner-1", "learner-2"]), hosts
+        subnet = ipaddress.ip_network(deployment["settings"]["netns-subnet"])
+        assert all(ipaddress.ip_address(address) in subnet for address in hosts.values()), hosts
+        root_host, root_port = deployment["control_address"].rsplit(":", 1)
+        assert root_host == hosts["root"] and not ipaddress.ip_address(root_host).is_loopback
+        # Nobody listens on every address: the SuperLink on its host's address, each SuperNode's Runtime API on
+        # its own host's loopback.
+        for component in deployment["components"]:
+            listeners = _listeners(component["pid"])
+            assert listeners, component["name"]
+            assert all(address != "0.0.0.0" for address, _ in listeners), (component["name"], listeners)
+            if component["role"] == "learner":
+                assert {address for address, _ in listeners} == {"127.0.0.1"}, (component["name"], listeners)
+        superlink = next(c for c in deployment["components"] if c["name"] == "superlink")
+        assert (root_host, int(root_port)) in _listeners(superlink["pid"])
+
+        final = wait_for(lambda: (s := run_state(workdir, run_id))["status"] != "RUNNING" and s, 1200, "the run to end")
+    finally:
+        drops = capture.stop()
+        if run_state(workdir, run_id)["status"] == "RUNNING":
+            run_flops("stop", run_id, "--workdir", str(workdir))
+    assert final["status"] == "FINISHED", final
+    assert_no_process_left(run_id)
+    assert not {ns for ns in _namespaces() if ns.startswith(f"flops-{network.tag}-")}
+    assert network.bridge not in subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+
+    # Same answer as anywhere else: the hand-computed FedAvg of the three learners' steps.
+    with np.load(Path(final["run_dir"]) / "output" / "final_model.npz") as npz:
+        np.testing.assert_allclose(npz["arr_0"], _initial_weights() + ROUNDS * STEP, rtol=1e-6)
+
+    # The shaped link carried what Flower sent that learner, and nothing readable.
+    assert drops == 0
+    wire = capture.payload[shaped_veth]
+    sent = ROUNDS * MODEL_COPIES_PER_LEARNER_ROUND * MODEL_BYTES
+    assert abs(len(wire) - sent) <= 0.05 * sent, (len(wire), sent)
+    needle = _initial_weights()[1000:1016].tobytes()  # what round 1 sends every learner, were it in clear
+    assert all(needle not in bytes(payload) for payload in capture.payload.values())
+    assert b"\x17\x03\x03" in wire  # TLS application data records
