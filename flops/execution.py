@@ -26,7 +26,7 @@ from flops.run_events import (
     trackable,
 )
 from flops.runstate import TERMINAL, RunState, load_state, observed_state, process_start_time
-from flops.tracking import Tracker, log_final_model
+from flops.tracking import ModelLogger, Tracker, log_final_model
 from flops.tracking_names import run_description
 
 POLL_INTERVAL_S = 0.5  # how often the controller looks at events, processes and Flower's run status
@@ -55,6 +55,7 @@ def execute_run(plan: RunPlan, progress: Progress | None = None, resume: bool = 
     embedded = plan.tracking_uri.startswith("sqlite:")
     tracker = Tracker(plan.tracking_uri, plan.run_dir.parent.parent / "mlartifacts" if embedded else None)
     status, message = "FAILED", ""
+    model_logger: ModelLogger | None = None
     try:
         if resume and state.mlflow_run_id:
             _reattach(tracker, state.mlflow_run_id, plan)
@@ -63,11 +64,12 @@ def execute_run(plan: RunPlan, progress: Progress | None = None, resume: bool = 
             tracker.log_topology(plan)
         deployment = orchestrator.deploy(plan)
         state.update(deployment=deployment)
+        model_logger = ModelLogger(plan)  # its imports overlap the rounds
         _train(plan, state, orchestrator, deployment, tracker, progress, resume)
         progress.phase(state.update(phase="logging model"))
         if not final_model_is_finite(plan):
             raise RunFailedError(f"the final model holds non-finite values; it is not registered ({plan.output_dir})")
-        logged = log_final_model(plan, tracker)
+        logged = log_final_model(plan, tracker, model_logger)
         state.update(model_uri=logged["model_uri"])
         tracker.set_tag("flops.model_uri", logged["model_uri"])
         status = "FINISHED"
@@ -83,6 +85,8 @@ def execute_run(plan: RunPlan, progress: Progress | None = None, resume: bool = 
         for sig in previous:
             signal.signal(sig, signal.SIG_IGN)
         try:
+            if model_logger is not None:
+                model_logger.close()
             if state.deployment is not None:
                 orchestrator.stop(state.deployment)
         finally:

@@ -107,8 +107,9 @@ def _log_partition_datasets(client: Any, run_id: str, task: Any, spec: dict[str,
     client.log_inputs(run_id, datasets=inputs, models=[LoggedModelInput(model_id)])
 
 
-def main() -> int:
-    request = json.loads(sys.stdin.read())
+def main(argv: list[str]) -> int:
+    """argv: CODE_DIR TASK_MODULE. Everything slow (imports, the user's task) happens before the request is read
+    from stdin, so the controller can start this process while the rounds run."""
     import mlflow
     import numpy as np
     import torch
@@ -117,10 +118,11 @@ def main() -> int:
 
     from flops.contract.probe import load_adapter
 
-    code_dir = Path(request["code_dir"])
+    code_dir = Path(argv[0])
     sys.path.append(str(code_dir.parent))  # the app's flops_app package (contract shims), after the user's code
     # The generated app's own adapter: default weight functions and errors located in the user's code.
-    task = load_adapter().load_task(request["task_module"], code_dir)
+    task = load_adapter().load_task(argv[1], code_dir)
+    request = json.loads(sys.stdin.read())
     net = task.build_net()
     with np.load(request["weights"]) as npz:
         task.set_weights(net, [npz[f"arr_{i}"] for i in range(len(npz.files))])
@@ -163,4 +165,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from flops.assignment import assign
 from flops.augment import AppSpec, augment_app
 from flops.config import RunConfig
-from flops.contract import ContractSpec, ProbeResult, check_contract, run_import_check
+from flops.contract import ContractSpec, ProbeResult, check_contract, remembered_import_check
 from flops.contract.flower_app import run_config_defaults
 from flops.dependencies import read_declared_dependencies
 from flops.environment import ensure_run_env, lock_file
@@ -206,7 +206,7 @@ def check_source(src: Source, cache_dir: Path, env_log: Path | None, num_partiti
         on_phase("preparing environment")
         python = ensure_run_env(declared.requirements, cache_dir, env_log, declared.origins)
         on_phase("import check")
-        probe = run_import_check(spec, python, num_partitions, batch_size)
+        probe = remembered_import_check(spec, python, num_partitions, batch_size, src.commit, cache_dir)
     except ContractError as exc:  # paths inside the checkout are the source's paths
         raise ContractError(str(exc).replace(str(src.path), label)) from None
     return CheckedSource(source=src, spec=spec, python=python, probe=probe, dependencies=declared.requirements,

@@ -274,9 +274,45 @@ def _create_embedded_store(tracking_uri: str, artifact_root: Path) -> None:
     SqlAlchemyStore(tracking_uri, (artifact_root / "default").resolve().as_uri())
 
 
-def log_final_model(plan: RunPlan, tracker: Tracker) -> dict[str, Any]:
+class ModelLogger:
+    """The run environment's model-logging process (`python -m flops.model_logger`, it imports the user's code),
+    started ahead: it imports torch, MLflow and the user's task while the rounds run, then waits on its stdin for
+    the request naming the final model. close() ends it if it was never used (a failed or stopped run)."""
+
+    def __init__(self, plan: RunPlan) -> None:
+        self.log_path = plan.logs_dir / "model_logging.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [str(plan.python), "-m", "flops.model_logger", str(plan.app_dir / "user"), plan.task_module],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
+        )
+
+    def log(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            stdout, _ = self.proc.communicate(json.dumps(request), timeout=600)
+        except subprocess.TimeoutExpired:
+            self.close()
+            raise FlopsError(f"logging the model to MLflow took over 600 s (log: {self.log_path})") from None
+        except BrokenPipeError:  # it died before reading the request (its import failed): its log says why
+            self.proc.wait()
+            stdout = ""
+        if self.proc.returncode != 0:
+            self._log.flush()
+            tail = " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-3:])
+            raise FlopsError(f"logging the model to MLflow failed: {tail} (log: {self.log_path})")
+        return json.loads(stdout.strip().splitlines()[-1])
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+def log_final_model(plan: RunPlan, tracker: Tracker, logger: ModelLogger | None = None) -> dict[str, Any]:
     """Log and register the final model from the run's own environment (it imports the user's code), with the
-    user's repository and commit as its source, pinned requirements, partition datasets and final metrics.
+    user's repository and commit as its source, pinned requirements, partition datasets and final metrics;
+    through LOGGER when one was started ahead, else a new one.
 
     Returns {"model_uri", "logged_model_uri", "model_id", "registered_model", "version", "requirements"}.
     """
@@ -302,13 +338,8 @@ def log_final_model(plan: RunPlan, tracker: Tracker) -> dict[str, Any]:
         "datasets": {"num_partitions": len(plan.learners), "batch_size": plan.config.training.batch_size,
                      "source_tags": source_tags},
     }
-    log_path = plan.logs_dir / "model_logging.log"
-    with open(log_path, "w") as log:
-        done = subprocess.run(
-            [str(plan.python), "-m", "flops.model_logger"],
-            input=json.dumps(request), stdout=subprocess.PIPE, stderr=log, text=True, timeout=600,
-        )
-    if done.returncode != 0:
-        tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])
-        raise FlopsError(f"logging the model to MLflow failed: {tail} (log: {log_path})")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    logger = logger or ModelLogger(plan)
+    try:
+        return logger.log(request)
+    finally:
+        logger.close()

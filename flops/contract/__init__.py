@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -30,6 +31,7 @@ __all__ = [
     "check_contract",
     "detect_contract",
     "get_contract",
+    "remembered_import_check",
     "run_import_check",
 ]
 
@@ -112,6 +114,31 @@ def run_import_check(
     except OSError as exc:
         raise EnvironmentSetupError(f"cannot run the run environment's python {python}: {exc.strerror}") from None
     return _parse_probe_output(spec, done)
+
+
+def remembered_import_check(spec: ContractSpec, python: Path, num_partitions: int, batch_size: int, commit: str,
+                            cache_dir: Path) -> ProbeResult:
+    """run_import_check, remembered per commit: the same commit's code, in the same run environment (its path is
+    keyed by the resolved requirements), checked by the same probe and adapter with the same sizes, passes the
+    same way, so a resubmission skips the seconds of imports and one batch. Failures are not remembered."""
+    from flops.contract import probe
+
+    adapter_dir = probe.ADAPTER_FILE.parent
+    checked_code = [Path(probe.__file__).read_bytes(), *(f.read_bytes() for f in sorted(adapter_dir.glob("*.py")))]
+    key = hashlib.sha256(json.dumps([commit, str(spec.code_dir), spec.task_module, spec.contract, str(python),
+                                     num_partitions, batch_size]).encode()
+                         + b"".join(hashlib.sha256(code).digest() for code in checked_code)).hexdigest()[:24]
+    record = cache_dir / "import-checks" / f"{key}.json"
+    try:
+        return ProbeResult.model_validate_json(record.read_text())
+    except (OSError, ValidationError):
+        pass
+    result = run_import_check(spec, python, num_partitions, batch_size)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    partial = record.with_suffix(f".{os.getpid()}.tmp")  # whole or absent for a concurrent submit
+    partial.write_text(result.model_dump_json())
+    os.replace(partial, record)
+    return result
 
 
 def _parse_probe_output(spec: ContractSpec, done: subprocess.CompletedProcess[str]) -> ProbeResult:

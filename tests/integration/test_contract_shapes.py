@@ -75,7 +75,7 @@ def test_an_exception_in_train_names_the_users_line(tmp_path: Path) -> None:
 
 # --- `flops validate` and `flops submit` agree: the same checks, the same one line (CLI, no federation) ---
 
-from conftest import assert_one_line_error, assert_only_error_line_on_stderr, run_flops, run_ids  # noqa: E402
+from conftest import assert_one_line_error, assert_only_error_line_on_stderr, run_flops, run_git, run_ids  # noqa: E402
 
 
 def test_validate_and_submit_refuse_a_conflicting_numpy_pin_with_the_same_line(tmp_path: Path, git_repo) -> None:
@@ -105,3 +105,19 @@ def test_a_refused_shape_names_the_source_not_the_cache(tmp_path: Path, git_repo
     line = assert_only_error_line_on_stderr(run_flops("validate", repo.as_uri(), "--workdir", str(tmp_path / "w")))
     assert line.startswith(f"error: no ML contract matched {repo.as_uri()}: expected "), line
     assert str(tmp_path / "w") not in line
+
+
+def test_the_import_check_of_a_commit_is_remembered_and_a_new_commit_is_checked_again(
+        tmp_path: Path, git_repo, monkeypatch) -> None:
+    counter = tmp_path / "imports.txt"
+    monkeypatch.setenv("FLOPS_TEST_IMPORT_COUNTER", str(counter))
+    source = "import os\nopen(os.environ['FLOPS_TEST_IMPORT_COUNTER'], 'a').write('import\\n')\n" + valid_task_source()
+    repo = git_repo({"task.py": source, "requirements.txt": "torch\nnumpy\n"}, name="counted")
+    workdir = str(tmp_path / "work")
+    for _ in range(2):
+        assert run_flops("validate", str(repo), "--workdir", workdir).returncode == 0
+    assert counter.read_text().splitlines() == ["import"]  # the second validate reused the first check
+    (repo / "task.py").write_text(source + "\n# changed\n")
+    run_git(repo, "commit", "-q", "-am", "change")
+    assert run_flops("validate", str(repo), "--workdir", workdir).returncode == 0
+    assert counter.read_text().splitlines() == ["import", "import"]

@@ -18,6 +18,7 @@ import pytest
 
 from conftest import FIXTURES_DIR, assert_no_process_left, git_repo_of, run_flops, run_state, wait_for
 from flops.orchestrators.netns import NamespaceNetwork
+from flops.runstate import TERMINAL
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +26,7 @@ LEARNERS, ROUNDS = 3, 2
 SHAPED = "learner-1"
 SHAPED_RATE = "24mbit"  # 3 MB/s: each 1.6 MB copy of the model takes ~0.5 s on that link
 ETH_P_ALL = 0x0003
-PACKET_STATISTICS = 6  # linux/if_packet.h: struct tpacket_stats {packets, drops}
+SOL_PACKET, PACKET_STATISTICS = 263, 6  # linux/socket.h, linux/if_packet.h: struct tpacket_stats {packets, drops}
 WEIGHTS = 400_000  # tests/fixtures/netns_link_task
 MODEL_BYTES = WEIGHTS * 4
 # Per round a learner receives the model twice (train and evaluate messages) and sends it back once.
@@ -70,7 +71,7 @@ class VethCapture:
         """Stop; return how many frames the kernel dropped for this socket (0: the byte counts are whole)."""
         self._stop.set()
         self._thread.join(timeout=5)
-        _packets, drops = struct.unpack("II", self._sock.getsockopt(socket.SOL_PACKET, PACKET_STATISTICS, 8))
+        _packets, drops = struct.unpack("II", self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
         self._sock.close()
         return drops
 
@@ -119,7 +120,7 @@ def test_a_flat_run_across_namespaces_over_tls_with_a_shaped_link(tmp_path: Path
     shaped_ns = network.namespace(SHAPED)
     try:
         # Shape the learner's link as soon as its host exists: its SuperNode registers and the run starts later.
-        wait_for(lambda: shaped_ns in _namespaces() or run_state(workdir, run_id)["status"] != "RUNNING", 900,
+        wait_for(lambda: shaped_ns in _namespaces() or run_state(workdir, run_id)["status"] in TERMINAL, 900,
                  f"{shaped_ns} to exist")
         shaped_veth = _host_veth(shaped_ns)
         _shape(shaped_ns, shaped_veth)
@@ -144,10 +145,10 @@ def test_a_flat_run_across_namespaces_over_tls_with_a_shaped_link(tmp_path: Path
         superlink = next(c for c in deployment["components"] if c["name"] == "superlink")
         assert (root_host, int(root_port)) in _listeners(superlink["pid"])
 
-        final = wait_for(lambda: (s := run_state(workdir, run_id))["status"] != "RUNNING" and s, 1200, "the run to end")
+        final = wait_for(lambda: (s := run_state(workdir, run_id))["status"] in TERMINAL and s, 1200, "the run to end")
     finally:
         drops = capture.stop()
-        if run_state(workdir, run_id)["status"] == "RUNNING":
+        if run_state(workdir, run_id)["status"] not in TERMINAL:
             run_flops("stop", run_id, "--workdir", str(workdir))
     assert final["status"] == "FINISHED", final
     assert_no_process_left(run_id)
@@ -162,6 +163,8 @@ def test_a_flat_run_across_namespaces_over_tls_with_a_shaped_link(tmp_path: Path
     assert drops == 0
     wire = capture.payload[shaped_veth]
     sent = ROUNDS * MODEL_COPIES_PER_LEARNER_ROUND * MODEL_BYTES
+    print(f"{SHAPED}'s link: {len(wire)} bytes of TCP payload for {sent} bytes of model copies "
+          f"({len(wire) / sent - 1:+.2%})")
     assert abs(len(wire) - sent) <= 0.05 * sent, (len(wire), sent)
     needle = _initial_weights()[1000:1016].tobytes()  # what round 1 sends every learner, were it in clear
     assert all(needle not in bytes(payload) for payload in capture.payload.values())
