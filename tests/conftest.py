@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -298,3 +300,14 @@ def example_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_task_repo(git_repo: GitRepoFactory) -> Path:
     """The minimal valid task (fast rounds) with its dependencies, as a git repository."""
     return git_repo({"task.py": valid_task_source(), "requirements.txt": "torch\nnumpy\n"}, name="tiny-task")
+
+
+def tcp_segment(frame: bytes) -> tuple[int, int, bytes] | None:
+    """(source port, destination port, payload) of an Ethernet frame (as a raw packet socket reads it, loopback's
+    zeroed header included) that carries IPv4 TCP; None for any other frame."""
+    ip = frame[14:]
+    if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != socket.IPPROTO_TCP:
+        return None
+    tcp = ip[(ip[0] & 0x0F) * 4:]
+    source, destination = struct.unpack("!HH", tcp[:4])
+    return source, destination, tcp[(tcp[12] >> 4) * 4:]

@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_no_process_left, run_flops, run_state, wait_for
+from conftest import assert_no_process_left, run_flops, run_state, tcp_segment, wait_for
 from flops.credentials import RunAuthority, new_node_key
 
 pytestmark = pytest.mark.slow
@@ -51,13 +50,9 @@ class LoopbackCapture:
                 frame = self._sock.recv(1 << 18)
             except socket.timeout:
                 continue
-            ip = frame[14:]  # loopback frames carry a (zeroed) Ethernet header
-            if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != socket.IPPROTO_TCP:
-                continue
-            tcp = ip[(ip[0] & 0x0F) * 4:]
-            sport, dport = struct.unpack("!HH", tcp[:4])
-            if self.port is not None and self.port in (sport, dport):
-                self.payload += tcp[(tcp[12] >> 4) * 4:]
+            segment = tcp_segment(frame)
+            if segment is not None and self.port is not None and self.port in segment[:2]:
+                self.payload += segment[2]
 
     def stop(self) -> bytes:
         self._stop.set()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FIXTURES_DIR, assert_no_process_left, git_repo_of, run_flops, run_state, wait_for
+from conftest import FIXTURES_DIR, assert_no_process_left, git_repo_of, run_flops, run_state, tcp_segment, wait_for
 from flops.orchestrators.netns import NamespaceNetwork
 from flops.runstate import TERMINAL
 
@@ -59,13 +59,9 @@ class VethCapture:
                 frame, (ifname, *_rest) = self._sock.recvfrom(1 << 18)
             except socket.timeout:
                 continue
-            if not ifname.startswith(self.prefix):
-                continue
-            ip = frame[14:]
-            if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != socket.IPPROTO_TCP:
-                continue
-            tcp = ip[(ip[0] & 0x0F) * 4:]
-            self.payload.setdefault(ifname, bytearray()).extend(tcp[(tcp[12] >> 4) * 4:])
+            segment = tcp_segment(frame) if ifname.startswith(self.prefix) else None
+            if segment is not None:
+                self.payload.setdefault(ifname, bytearray()).extend(segment[2])
 
     def stop(self) -> int:
         """Stop; return how many frames the kernel dropped for this socket (0: the byte counts are whole)."""
