@@ -92,6 +92,11 @@ class NamespaceNetwork:
         return f"flops-{self.tag}-{host}"
 
     def up(self) -> None:
+        # What a killed controller of this run left (a resume deploys again under the same names) goes first.
+        listed = ip("netns", "list").stdout.split()
+        stale = NamespaceNetwork(run_id=self.run_id, tag=self.tag,
+                                 hosts={n[len(self.namespace("")):]: "" for n in listed if n.startswith(self.namespace(""))})
+        stale.teardown()
         self.subnet = _free_subnet(self.run_id)
         ip("link", "add", self.bridge, "type", "bridge")
         ip("addr", "add", f"{self.subnet[1]}/{self.subnet.prefixlen}", "dev", self.bridge)
