@@ -27,6 +27,7 @@ import psutil
 from common import FLOPS_CLI, REPO_ROOT, example_repo, load_average, round_events
 
 from flops.orchestrators.local import RUN_ID_ENV, processes_of_run  # noqa: E402 - common puts the repo on sys.path
+from flops.runstate import TERMINAL  # noqa: E402
 
 TASK_DIR = REPO_ROOT / "bench" / "wine_mlp"
 MB = 1024 * 1024
@@ -69,7 +70,7 @@ def measure(source: str, learners: int, rounds: int, workdir: Path) -> dict:
     deadline = time.monotonic() + 3600
     while time.monotonic() < deadline:
         state = _state(workdir, run_id)
-        if state["status"] != "RUNNING":
+        if state["status"] in TERMINAL:
             break
         components = (state.get("deployment") or {}).get("components", [])
         groups = {c["pid"]: c["name"] for c in components if c["role"] == "learner" and c.get("pid")}
