@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -302,12 +303,46 @@ def tiny_task_repo(git_repo: GitRepoFactory) -> Path:
     return git_repo({"task.py": valid_task_source(), "requirements.txt": "torch\nnumpy\n"}, name="tiny-task")
 
 
-def tcp_segment(frame: bytes) -> tuple[int, int, bytes] | None:
-    """(source port, destination port, payload) of an Ethernet frame (as a raw packet socket reads it, loopback's
-    zeroed header included) that carries IPv4 TCP; None for any other frame."""
-    ip = frame[14:]
-    if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != socket.IPPROTO_TCP:
-        return None
-    tcp = ip[(ip[0] & 0x0F) * 4:]
-    source, destination = struct.unpack("!HH", tcp[:4])
-    return source, destination, tcp[(tcp[12] >> 4) * 4:]
+class PacketCapture:
+    """TCP payloads read with one raw packet socket (root), on INTERFACE or on every interface of this network
+    namespace (one that does not exist yet included), kept per interface name for the frames KEEP accepts:
+    keep(interface name, source port, destination port)."""
+
+    SOL_PACKET, PACKET_STATISTICS = 263, 6  # linux/socket.h, linux/if_packet.h: struct tpacket_stats
+
+    def __init__(self, keep: Callable[[str, int, int], bool], interface: str | None = None) -> None:
+        self.keep = keep
+        self.payload: dict[str, bytearray] = {}
+        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))  # ETH_P_ALL
+        if interface is not None:
+            self._sock.bind((interface, 0))
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
+        self._sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                frame, (interface, *_rest) = self._sock.recvfrom(1 << 18)
+            except socket.timeout:
+                continue
+            ip = frame[14:]  # an Ethernet header (zeroed on loopback), then IPv4 carrying TCP, or skip
+            if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != socket.IPPROTO_TCP:
+                continue
+            tcp = ip[(ip[0] & 0x0F) * 4:]
+            source, destination = struct.unpack("!HH", tcp[:4])
+            if self.keep(interface, source, destination):
+                self.payload.setdefault(interface, bytearray()).extend(tcp[(tcp[12] >> 4) * 4:])
+
+    def stop(self) -> int:
+        """Stop; return how many frames the kernel dropped for this socket (0: what was kept is whole)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        _packets, drops = struct.unpack("II", self._sock.getsockopt(self.SOL_PACKET, self.PACKET_STATISTICS, 8))
+        self._sock.close()
+        return drops
+
+    def all_bytes(self) -> bytes:
+        return b"".join(bytes(chunk) for chunk in self.payload.values())

@@ -12,14 +12,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import assert_no_process_left, run_flops, run_state, tcp_segment, wait_for
+from conftest import PacketCapture, assert_no_process_left, run_flops, run_state, wait_for
 from flops.credentials import RunAuthority, new_node_key
 
 pytestmark = pytest.mark.slow
@@ -27,47 +26,21 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 LEARNERS, ROUNDS = 2, 2
 TRAIN_EXAMPLES_PER_LEARNER = 48  # conftest's valid task: 64 generated rows, 48 for training
-ETH_P_ALL = 0x0003
 
 
-class LoopbackCapture:
-    """TCP payloads on `lo` to or from a port, read with a raw packet socket (root)."""
-
-    def __init__(self) -> None:
-        self.port: int | None = None
-        self.payload = bytearray()
-        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(ETH_P_ALL))
-        self._sock.bind(("lo", 0))
-        self._sock.settimeout(0.2)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                frame = self._sock.recv(1 << 18)
-            except socket.timeout:
-                continue
-            segment = tcp_segment(frame)
-            if segment is not None and self.port is not None and self.port in segment[:2]:
-                self.payload += segment[2]
-
-    def stop(self) -> bytes:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._sock.close()
-        return bytes(self.payload)
+def loopback_capture(port: list[int]) -> PacketCapture:
+    """TCP payloads on `lo` to or from port[0], once the test has set it."""
+    return PacketCapture(lambda _interface, source, destination: bool(port) and port[0] in (source, destination), "lo")
 
 
 def test_the_capture_sees_plain_text_on_loopback() -> None:
     """The wire check below can fail: bytes sent in clear on loopback show up in the capture."""
-    capture = LoopbackCapture()
+    port: list[int] = []
+    capture = loopback_capture(port)
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
-        capture.port = server.getsockname()[1]
+        port.append(server.getsockname()[1])
         marker = np.arange(12, dtype=np.float32).tobytes()
         with socket.create_connection(server.getsockname()) as client:
             conn, _ = server.accept()
@@ -75,7 +48,8 @@ def test_the_capture_sees_plain_text_on_loopback() -> None:
             conn.recv(64)
             conn.close()
     time.sleep(0.5)
-    assert marker in capture.stop()
+    capture.stop()
+    assert marker in capture.all_bytes()
 
 
 def _supernode(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -85,7 +59,8 @@ def _supernode(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Po
 
 def test_rogue_supernodes_are_refused_and_the_wire_shows_no_model(tiny_task_repo: Path, tmp_path: Path) -> None:
     workdir = tmp_path / "work"
-    capture = LoopbackCapture()
+    port: list[int] = []
+    capture = loopback_capture(port)
     result = run_flops("submit", str(tiny_task_repo), "--learners", str(LEARNERS), "--rounds", str(ROUNDS),
                        "--workdir", str(workdir), "--detach", "--json")
     assert result.returncode == 0, result.output
@@ -96,7 +71,7 @@ def test_rogue_supernodes_are_refused_and_the_wire_shows_no_model(tiny_task_repo
                          "the run to start training")
         assert state["status"] == "RUNNING", state
         address = state["deployment"]["control_address"]
-        capture.port = int(address.rsplit(":", 1)[1])
+        port.append(int(address.rsplit(":", 1)[1]))
         run_ca = Path(state["deployment"]["ca_cert"])
 
         # A plain-HTTP Control API client gets no answer from the TLS port.
@@ -136,7 +111,8 @@ def test_rogue_supernodes_are_refused_and_the_wire_shows_no_model(tiny_task_repo
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        wire = capture.stop()
+        capture.stop()
+        wire = capture.all_bytes()
         if run_state(workdir, run_id)["status"] == "RUNNING":
             run_flops("stop", run_id, "--workdir", str(workdir))
     assert_no_process_left(run_id)

@@ -10,13 +10,12 @@ import json
 import socket
 import struct
 import subprocess
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import FIXTURES_DIR, assert_no_process_left, git_repo_of, run_flops, run_state, tcp_segment, wait_for
+from conftest import FIXTURES_DIR, PacketCapture, assert_no_process_left, git_repo_of, run_flops, run_state, wait_for
 from flops.orchestrators.netns import NamespaceNetwork
 from flops.runstate import TERMINAL
 
@@ -25,8 +24,6 @@ pytestmark = pytest.mark.slow
 LEARNERS, ROUNDS = 3, 2
 SHAPED = "learner-1"
 SHAPED_RATE = "24mbit"  # 3 MB/s: each 1.6 MB copy of the model takes ~0.5 s on that link
-ETH_P_ALL = 0x0003
-SOL_PACKET, PACKET_STATISTICS = 263, 6  # linux/socket.h, linux/if_packet.h: struct tpacket_stats {packets, drops}
 WEIGHTS = 400_000  # tests/fixtures/netns_link_task
 MODEL_BYTES = WEIGHTS * 4
 # Per round a learner receives the model twice (train and evaluate messages) and sends it back once.
@@ -37,39 +34,6 @@ STEP = (10 * 1 + 20 * 2 + 30 * 3) / 60
 
 def _initial_weights() -> np.ndarray:
     return np.arange(WEIGHTS, dtype=np.float32) / np.float32(WEIGHTS)
-
-
-class VethCapture:
-    """TCP payload bytes per host-side veth of a run, read with one unbound raw packet socket (root): the run's
-    interfaces do not exist yet when it starts. Keeps every payload of the interfaces named PREFIX*."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.payload: dict[str, bytearray] = {}
-        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(ETH_P_ALL))
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
-        self._sock.settimeout(0.2)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                frame, (ifname, *_rest) = self._sock.recvfrom(1 << 18)
-            except socket.timeout:
-                continue
-            segment = tcp_segment(frame) if ifname.startswith(self.prefix) else None
-            if segment is not None:
-                self.payload.setdefault(ifname, bytearray()).extend(segment[2])
-
-    def stop(self) -> int:
-        """Stop; return how many frames the kernel dropped for this socket (0: the byte counts are whole)."""
-        self._stop.set()
-        self._thread.join(timeout=5)
-        _packets, drops = struct.unpack("II", self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
-        self._sock.close()
-        return drops
 
 
 def _host_veth(namespace: str) -> str:
@@ -106,7 +70,7 @@ def _listeners(pid: int) -> list[tuple[str, int]]:
 def test_a_flat_run_across_namespaces_over_tls_with_a_shaped_link(tmp_path: Path) -> None:
     repo = git_repo_of(FIXTURES_DIR / "netns_link_task", tmp_path / "netns-link-task")
     workdir = tmp_path / "work"
-    capture = VethCapture("flv")
+    capture = PacketCapture(lambda interface, _source, _destination: interface.startswith("flv"))  # the run's veths
     result = run_flops("submit", repo.as_uri(), "--learners", str(LEARNERS), "--rounds", str(ROUNDS), "--epochs", "1",
                        "--network", "namespaces", "--round-timeout", "600", "--workdir", str(workdir),
                        "--detach", "--json")
