@@ -22,7 +22,7 @@ $(PY): | python-venv
 install: $(PY)
 	$(PIP) install --disable-pip-version-check -q -e '.[test,inference]'
 
-# System packages and services the image-builder tests need: buildah, skopeo, podman, registry, dockerd.
+# System packages and services the tests need: buildah, skopeo, podman, registry, dockerd; iproute2 (namespaces).
 containers:
 	bash .ci/setup-containers.sh
 

@@ -32,7 +32,8 @@ step "packages"
 need=()
 for pair in buildah:buildah skopeo:skopeo podman:podman runc:runc qemu-aarch64-static:qemu-user-static \
     update-binfmts:binfmt-support docker-registry:docker-registry mmdebstrap:mmdebstrap dockerd:docker.io \
-    curl:curl x86_64-linux-gnu-strip:binutils-x86-64-linux-gnu aarch64-linux-gnu-strip:binutils-aarch64-linux-gnu; do
+    curl:curl x86_64-linux-gnu-strip:binutils-x86-64-linux-gnu aarch64-linux-gnu-strip:binutils-aarch64-linux-gnu \
+    ip:iproute2; do  # ip and tc: `--network namespaces` and its tests (namespaces, veths, tbf)
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if ((${#need[@]})); then
