@@ -1,5 +1,5 @@
-"""The two ends a run request can take: submitted (handed to its own controller, optionally followed) or exported
-(the manifests `kubectl apply` takes). Each is one call for the CLI."""
+"""What becomes of a run request: submitted (handed to its own controller, optionally followed), exported (the
+manifests `kubectl apply` takes) or, after a crash, resumed. Each is one call for the CLI."""
 
 from __future__ import annotations
 

@@ -324,8 +324,6 @@ def log_final_model(plan: RunPlan, tracker: Tracker, logger: ModelLogger | None 
     request = {
         "tracking_uri": plan.tracking_uri,
         "mlflow_run_id": tracker.run_id,
-        "code_dir": str(plan.app_dir / "user"),
-        "task_module": plan.task_module,
         "weights": str(plan.output_dir / "final_model.npz"),
         "input_example": str(plan.output_dir / "input_example.npy"),
         "registered_model_name": registered_model_name(experiment.name),
