@@ -100,12 +100,12 @@ class Orchestrator(ABC):
         Every link is TLS with the run's CA and every SuperNode's key is registered before it starts,
         unless the plan is --insecure.
         """
+        self._before_deploy(plan)
         (plan.run_dir / "flwr_home").mkdir(parents=True, exist_ok=True)
         self.security = LinkSecurity(plan)
         deployment = Deployment(orchestrator=self.name, run_id=plan.run_id, control_address="",
                                 ca_cert=self.security.ca_cert)
         try:
-            self._before_deploy(plan)
             root, root_address = self._start_superlink(plan, "superlink", "root-aggregator", host="root")
             deployment.components.append(root)
             deployment.control_address = root_address
@@ -178,7 +178,7 @@ class Orchestrator(ABC):
         ]
 
     def _before_deploy(self, plan: RunPlan) -> None:
-        """Hook: checks and set-up before the first component starts."""
+        """Hook: checks and set-up before the first component starts; leaves nothing behind when it fails."""
 
     def _after_supernodes_started(self, plan: RunPlan) -> None:
         """Hook: SuperNodes start in parallel; an implementation may wait for them here."""

@@ -206,7 +206,11 @@ class LocalOrchestrator(Orchestrator):
         self._pending_ports.clear()
         if plan.network == "namespaces":
             self._network = NamespaceNetwork(plan.run_id)
-            self._network.up()
+            try:
+                self._network.up()
+            except BaseException:
+                self._network.teardown()
+                raise
 
     def _settings(self) -> dict[str, str]:
         return self._network.settings() if self._network else {}
