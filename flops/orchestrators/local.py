@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
 import signal
@@ -60,9 +61,16 @@ def _tail(path: Path, lines: int = 5) -> str:
 _TCP_LISTEN = "0A"
 
 
-def listens(pid: int, port: int) -> bool:
-    """Whether a socket in PID's network namespace listens on PORT (any address). Reads /proc/PID/net/tcp*,
-    which shows the namespace of that process: this works for a component in its own network namespace too."""
+def _proc_net_address(hex_address: str) -> str:
+    """An address as /proc/net/tcp* prints it (host byte order per 32-bit word) in dotted or colon form."""
+    raw = bytes.fromhex(hex_address)
+    return str(ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))))
+
+
+def listening_sockets(pid: int) -> list[tuple[str, int]]:
+    """(address, port) of every listening TCP socket in PID's network namespace, from /proc/PID/net/tcp and tcp6
+    (they show the namespace of that process, so this works for a component in its own network namespace too)."""
+    found = []
     for table in ("tcp", "tcp6"):
         try:
             rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
@@ -70,9 +78,15 @@ def listens(pid: int, port: int) -> bool:
             continue
         for row in rows:
             fields = row.split()
-            if fields[3] == _TCP_LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                return True
-    return False
+            if fields[3] == _TCP_LISTEN:
+                address, port = fields[1].rsplit(":", 1)
+                found.append((_proc_net_address(address), int(port, 16)))
+    return found
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether a socket in PID's network namespace listens on PORT (any address)."""
+    return any(found == port for _address, found in listening_sockets(pid))
 
 
 def processes_of_run(run_id: str) -> list[int]:
@@ -133,7 +147,11 @@ class LocalOrchestrator(Orchestrator):
         return self._network.address(host) if self._network else "127.0.0.1"
 
     def _on_host(self, host: str, argv: list[str]) -> list[str]:
-        return [*self._network.exec_prefix(host), *argv] if self._network else argv
+        """ARGV run on HOST: in its namespace (made on first use) with --network namespaces, else as it is."""
+        if self._network is None:
+            return argv
+        self._network.address(host)
+        return [*self._network.exec_prefix(host), *argv]
 
     def _spawn(self, plan: RunPlan, record: ComponentRecord, argv: list[str]) -> ComponentRecord:
         record.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,7 +215,6 @@ class LocalOrchestrator(Orchestrator):
         if os.environ.get(COLD_LEARNERS_ENV) != "1":
             # One component, one process group: the launcher runs the SuperNode and the run's warm worker.
             argv = [str(plan.python), str(plan.app_dir / "flops_app" / "warm_executor.py"), "--", *argv]
-        self._address(host)  # its namespace exists before anything runs in it
         self._spawn(plan, record, self._on_host(host, argv))
         self._pending_ports.append((port, record))
         return record
@@ -209,7 +226,7 @@ class LocalOrchestrator(Orchestrator):
             try:
                 self._network.up()
             except BaseException:
-                self._network.teardown()
+                self._network.teardown()  # up() is not deploy()'s to undo: it runs before deploy()'s try
                 raise
 
     def _settings(self) -> dict[str, str]:

@@ -91,12 +91,11 @@ class NamespaceNetwork:
     def namespace(self, host: str) -> str:
         return f"flops-{self.tag}-{host}"
 
+    def _veth(self, index: int) -> str:
+        return f"flv{self.tag}{index:02x}"
+
     def up(self) -> None:
-        # What a killed controller of this run left (a resume deploys again under the same names) goes first.
-        listed = ip("netns", "list").stdout.split()
-        stale = NamespaceNetwork(run_id=self.run_id, tag=self.tag,
-                                 hosts={n[len(self.namespace("")):]: "" for n in listed if n.startswith(self.namespace(""))})
-        stale.teardown()
+        self.teardown()  # what a killed controller of this run left: a resume deploys again under the same names
         self.subnet = _free_subnet(self.run_id)
         ip("link", "add", self.bridge, "type", "bridge")
         ip("addr", "add", f"{self.subnet[1]}/{self.subnet.prefixlen}", "dev", self.bridge)
@@ -110,9 +109,9 @@ class NamespaceNetwork:
             raise DeployError("--network namespaces: the bridge is not up")
         index = len(self.hosts)
         address = str(self.subnet[index + 2])
-        namespace, veth = self.namespace(host), f"flv{self.tag}{index:02x}"
+        namespace, veth = self.namespace(host), self._veth(index)
         ip("netns", "add", namespace)
-        self.hosts[host] = address  # recorded before the link: a half-made host is removed by teardown too
+        self.hosts[host] = address
         ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", namespace)
         ip("link", "set", veth, "master", self.bridge, "up")
         ip("-n", namespace, "addr", "add", f"{address}/{self.subnet.prefixlen}", "dev", "eth0")
@@ -126,7 +125,7 @@ class NamespaceNetwork:
 
     def veth_of(self, host: str) -> str:
         """The host-side interface of HOST's link (shape it with tc, read its counters)."""
-        return f"flv{self.tag}{list(self.hosts).index(host):02x}"
+        return self._veth(list(self.hosts).index(host))
 
     def settings(self) -> dict[str, str]:
         return {"network": "namespaces", "netns-tag": self.tag, "netns-subnet": str(self.subnet or ""),
@@ -142,7 +141,10 @@ class NamespaceNetwork:
                    hosts=json.loads(settings.get("netns-hosts", "{}")))
 
     def teardown(self) -> None:
-        """Remove every namespace and the bridge (their veth pairs go with them); safe to call twice."""
-        for host in self.hosts:
-            ip("netns", "delete", self.namespace(host), check=False)
+        """Remove every namespace named for this run, recorded or half-made, and the bridge (their veth pairs go
+        with them); safe to call twice."""
+        prefix = self.namespace("")
+        for name in ip("netns", "list").stdout.split():
+            if name.startswith(prefix):
+                ip("netns", "delete", name, check=False)
         ip("link", "delete", self.bridge, check=False)

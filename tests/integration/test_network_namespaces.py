@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import socket
-import struct
 import subprocess
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES_DIR, PacketCapture, assert_no_process_left, git_repo_of, run_flops, run_state, wait_for
+from flops.orchestrators.local import listening_sockets
 from flops.orchestrators.netns import NamespaceNetwork
 from flops.runstate import TERMINAL
 
@@ -56,17 +55,6 @@ def _namespaces() -> set[str]:
     return set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
 
 
-def _listeners(pid: int) -> list[tuple[str, int]]:
-    """(address, port) of every listening TCP socket in PID's network namespace."""
-    found = []
-    for row in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
-        fields = row.split()
-        if fields[3] == "0A":
-            address, port = fields[1].split(":")
-            found.append((socket.inet_ntoa(struct.pack("<I", int(address, 16))), int(port, 16)))
-    return found
-
-
 def test_a_flat_run_across_namespaces_over_tls_with_a_shaped_link(tmp_path: Path) -> None:
     repo = git_repo_of(FIXTURES_DIR / "netns_link_task", tmp_path / "netns-link-task")
     workdir = tmp_path / "work"
@@ -97,13 +85,13 @@ def test_a_flat_run_across_namespaces_over_tls_with_a_shaped_link(tmp_path: Path
         # Nobody listens on every address: the SuperLink on its host's address, each SuperNode's Runtime API on
         # its own host's loopback.
         for component in deployment["components"]:
-            listeners = _listeners(component["pid"])
+            listeners = listening_sockets(component["pid"])
             assert listeners, component["name"]
-            assert all(address != "0.0.0.0" for address, _ in listeners), (component["name"], listeners)
+            assert all(address not in ("0.0.0.0", "::") for address, _ in listeners), (component["name"], listeners)
             if component["role"] == "learner":
                 assert {address for address, _ in listeners} == {"127.0.0.1"}, (component["name"], listeners)
         superlink = next(c for c in deployment["components"] if c["name"] == "superlink")
-        assert (root_host, int(root_port)) in _listeners(superlink["pid"])
+        assert (root_host, int(root_port)) in listening_sockets(superlink["pid"])
 
         final = wait_for(lambda: (s := run_state(workdir, run_id))["status"] in TERMINAL and s, 1200, "the run to end")
     finally:
