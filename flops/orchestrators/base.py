@@ -131,7 +131,7 @@ class Orchestrator(ABC):
             deployment.settings.update(self._settings())
             records = {c.name: c for c in deployment.components}
             self.security.wait_until_online(plan.config.startup_timeout_s,
-                                            lambda name: self._exit_reason(records[name]),
+                                            lambda name: self._why_ended(records[name]),
                                             lambda name: records[name].log_path)
             deployment.node_ids = self.security.registered(deployment.control_address)
         except BaseException:
@@ -200,6 +200,12 @@ class Orchestrator(ABC):
     @abstractmethod
     def _restart(self, plan: RunPlan, record: ComponentRecord) -> None:
         """Run a dead component again exactly as it was first started (same argv, ports and identity)."""
+
+    def _why_ended(self, record: ComponentRecord) -> str | None:
+        """None while the component runs, else why it ended, with Flower's reason when its SuperLink refused it
+        (whichever wait notices first: its port or its coming online)."""
+        reason = self._exit_reason(record)
+        return None if reason is None else self.security.explain_exit(record.name, reason, record.log_path)
 
     def _exit_reason(self, record: ComponentRecord) -> str | None:
         """None while the component runs, else why it ended (e.g. "exited with code 1 while starting: ...")."""

@@ -105,10 +105,19 @@ class LinkSecurity:
         finally:
             control.close()
 
+    def explain_exit(self, name: str, reason: str, log_path: Path) -> str:
+        """Why the SuperNode NAME ended while starting: Flower's reason and the SuperLink that refused it (refused
+        key, untrusted certificate) when its log says so, else REASON."""
+        why = refusal_reason(log_path)
+        if not why:
+            return reason
+        address = next((a for a, nodes in self._registered.items() if name in nodes), "")
+        return f"was refused by its SuperLink{f' at {address}' if address else ''}: {why}"
+
     def wait_until_online(self, timeout_s: float, exit_reason: Callable[[str], str | None],
                           log_path: Callable[[str], Path]) -> None:
         """Return once every registered SuperNode is online at its SuperLink. A SuperNode that exits first
-        fails the deployment with Flower's reason (refused key, untrusted certificate) and its log."""
+        fails the deployment with exit_reason(name) (see explain_exit) and its log."""
         deadline = time.monotonic() + timeout_s
         for address, nodes in self._registered.items():
             control = FlowerControl(address, self.ca_cert)
@@ -121,9 +130,7 @@ class LinkSecurity:
                     for name in waiting:
                         reason = exit_reason(name)
                         if reason is not None:
-                            why = refusal_reason(log_path(name))
-                            detail = f"was refused by its SuperLink at {address}: {why}" if why else reason
-                            raise DeployError(f"{name} {detail} (log: {log_path(name)})")
+                            raise DeployError(f"{name} {reason} (log: {log_path(name)})")
                     if time.monotonic() > deadline:
                         raise DeployError(f"{waiting[0]} did not come online at {address} within {timeout_s:.0f}s "
                                           f"(log: {log_path(waiting[0])})")

@@ -236,7 +236,7 @@ class LocalOrchestrator(Orchestrator):
         """A SuperNode that cannot bind its Runtime API fails the deployment here, not mid-round."""
         while self._pending_ports:
             port, record = self._pending_ports.pop(0)
-            wait_for_port(port, record, plan.config.startup_timeout_s, lambda r=record: self._exit_reason(r),
+            wait_for_port(port, record, plan.config.startup_timeout_s, lambda r=record: self._why_ended(r),
                           lambda r=record, p=port: listens(r.pid, p))
 
     def status(self, deployment: Deployment) -> dict[str, bool]:
