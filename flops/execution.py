@@ -10,26 +10,19 @@ from pathlib import Path
 from typing import Any
 
 from flops.errors import BadInputError, DeployError, FlopsError, RunFailedError
-from flops.flower_control import ControlUnavailable, FlowerControl
+from flops.flower_control import ControlUnavailable, FlowerControl, RunLog
 from flops.flower_run_config import root_overrides
 from flops.orchestrators import orchestrator_for
 from flops.orchestrators.link_security import describe_exit, refusal_reason, refuse_intruders
 from flops.plan import RunPlan
 from flops.preparation import Progress, StopRequested, SilentProgress, raise_stop
-from flops.run_events import (
-    ClusterEvents,
-    EventTail,
-    checkpoint_path,
-    final_model_is_finite,
-    learner_log_hint,
-    record_round,
-    trackable,
-)
+from flops.run_events import RootEvents, final_model_is_finite, learner_log_hint, record_round, trackable
 from flops.runstate import TERMINAL, RunState, load_state, observed_state, process_start_time
 from flops.tracking import ModelLogger, Tracker, log_final_model
 from flops.tracking_names import run_description
 
 POLL_INTERVAL_S = 0.5  # how often the controller looks at events, processes and Flower's run status
+LAST_LINES_WAIT_S = 15.0  # after Flower reports the run finished: how long its last log lines may take to arrive
 CONTROL_MISSES = 20  # polls in a row a live root SuperLink may leave unanswered (a loaded host) before the run fails
 MLFLOW_STATUS = {"FINISHED": "FINISHED", "FAILED": "FAILED", "STOPPED": "KILLED"}
 
@@ -97,8 +90,9 @@ def execute_run(plan: RunPlan, progress: Progress | None = None, resume: bool = 
                 message = (f"{message}; " if message else "") + f"closing the MLflow run failed: {exc}"
             finally:
                 # Always reached, so a tracking failure never leaves the run record RUNNING.
+                # A round is reported only once its checkpoint is on the root's host.
                 state.update(status=status, message=message, phase="done", ended_at=time.time(),
-                             resumable=status != "FINISHED" and checkpoint_path(plan).exists())
+                             resumable=status != "FINISHED" and state.rounds_completed > 0)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     progress.phase(state)
@@ -137,27 +131,25 @@ def _close_tracking(tracker: Tracker, state: RunState, status: str, message: str
 def _train(plan: RunPlan, state: RunState, orchestrator: Any, deployment: Any, tracker: Tracker,
            progress: Progress, resume: bool) -> None:
     control = FlowerControl(deployment.control_address, deployment.ca_cert)
-    overrides = root_overrides(plan)
-    tail = EventTail(plan.events_path)
+    overrides = root_overrides(plan, deployment.root_state_dir)
     if resume:
-        checkpoint = checkpoint_path(plan)
-        if not checkpoint.exists():
-            raise RunFailedError(f"run {plan.run_id} has no checkpoint to resume from ({checkpoint})")
-        overrides["flops-resume-from"] = str(checkpoint)
-        # Rounds the earlier aggregator reported but its controller never tracked; then only new events.
-        earlier_rounds = [e for e in tail.read() if e["event"] == "round"]
-        _follow_events(plan, state, tracker, progress, earlier_rounds, {str(c.index): c.name for c in plan.clusters})
+        # The checkpoint is on the root's host, in the folder its orchestrator gave it; the root reads it there.
+        overrides["flops-resume-from"] = deployment.root_state_dir
+    run_log = None
     try:
         progress.phase(state.update(phase="starting run"))
         flower_run_id = control.start_run(plan.app_dir, overrides)
         state.update(flower_run_id=flower_run_id, phase="training")
         progress.phase(state)
-        _monitor(plan, state, orchestrator, deployment, control, tracker, progress, tail, resume)
+        run_log = RunLog(deployment.control_address, deployment.ca_cert, flower_run_id)
+        _monitor(plan, state, orchestrator, deployment, control, tracker, progress, run_log)
     finally:
+        if run_log is not None:
+            run_log.close()
         control.close()
 
 
-def _follow_events(plan: RunPlan, state: RunState, tracker: Tracker, progress: Progress,
+def _follow_events(plan: RunPlan, state: RunState, tracker: Tracker, progress: Progress, root: RootEvents,
                    events: list[dict[str, Any]], cluster_names: dict[str, str]) -> bool:
     """Track a batch of root events; True once the `finished` event is among them."""
     finished = False
@@ -165,11 +157,15 @@ def _follow_events(plan: RunPlan, state: RunState, tracker: Tracker, progress: P
         if event["event"] == "round" and event["round"] == 0:
             tracker.log_initial(trackable(event))  # the initial model's central evaluation, before any training
         elif event["event"] == "round" and event["round"] > state.rounds_completed:  # never logged twice
+            # A hierarchy's local rounds came up to the root in its clusters' replies; they are logged first.
+            for index, local_rounds in (event.get("local_rounds") or {}).items():
+                for local_round in local_rounds:
+                    tracker.log_local_round(cluster_names.get(index, index), trackable(local_round),
+                                            plan.config.local_rounds)
             record_round(state, tracker.log_round(trackable(event), cluster_names), event, cluster_names)
-            tracker.log_file(checkpoint_path(plan), "checkpoint")
             progress.round(state)
         elif event["event"] == "failed":
-            raise RunFailedError(learner_log_hint(plan, event["message"]))
+            raise RunFailedError(learner_log_hint(plan, root.local_copy(event["message"])))
         elif event["event"] == "finished":
             finished = True
             state.update(stopped_early=event.get("stopped_early", ""))
@@ -177,11 +173,9 @@ def _follow_events(plan: RunPlan, state: RunState, tracker: Tracker, progress: P
 
 
 def _monitor(plan: RunPlan, state: RunState, orchestrator: Any, deployment: Any, control: FlowerControl,
-             tracker: Tracker, progress: Progress, tail: EventTail, resume: bool) -> None:
+             tracker: Tracker, progress: Progress, run_log: RunLog) -> None:
     cfg = plan.config
-    cluster_events = ClusterEvents(plan)
-    if resume:
-        cluster_events.read()  # local rounds of the earlier attempt: tracked then, or lost with it; never twice
+    root = RootEvents(plan.output_dir)
     cluster_names = {str(c.index): c.name for c in plan.clusters}
     # The aggregator closes each round at its deadline itself (train, then evaluate): this only catches a hang.
     watchdog_s = 2 * cfg.round_timeout_s + cfg.startup_timeout_s
@@ -190,11 +184,9 @@ def _monitor(plan: RunPlan, state: RunState, orchestrator: Any, deployment: Any,
 
     def follow() -> None:
         nonlocal finished, deadline
-        for cluster, event in cluster_events.read():
-            if event["event"] == "local_round":
-                tracker.log_local_round(cluster, trackable(event), cfg.local_rounds)
         done_before = state.rounds_completed
-        finished = _follow_events(plan, state, tracker, progress, tail.read(), cluster_names) or finished
+        events = root.read(run_log.lines())
+        finished = _follow_events(plan, state, tracker, progress, root, events, cluster_names) or finished
         if state.rounds_completed > done_before:
             deadline = time.monotonic() + watchdog_s
 
@@ -214,7 +206,8 @@ def _monitor(plan: RunPlan, state: RunState, orchestrator: Any, deployment: Any,
             continue
         misses = 0
         if flower.finished:
-            follow()  # events written before Flower reported the end: a late `finished` or `failed` counts
+            run_log.ended.wait(LAST_LINES_WAIT_S)  # the stream ends once every line of the run was sent
+            follow()  # events printed before Flower reported the end: a late `finished` or `failed` counts
             if finished and flower.completed:
                 return
             detail = flower.details or flower.sub_status
@@ -255,8 +248,8 @@ def prepare_resume(workdir: Path, run_id: str) -> RunPlan:
     plan = RunPlan.load(state.run_dir)
     if state.status == "FINISHED":
         raise BadInputError(f"run {run_id} already finished (model: {state.model_uri})")
-    if not checkpoint_path(plan).exists():
-        raise BadInputError(f"run {run_id} has no checkpoint ({checkpoint_path(plan)}): no round completed")
+    if state.rounds_completed == 0:
+        raise BadInputError(f"run {run_id} has no checkpoint: no round completed")
     if state.status not in TERMINAL:
         stop_run(workdir, run_id)  # a controller still around: stop it and whatever it started first
     return plan
@@ -290,4 +283,4 @@ def stop_run(workdir: Path, run_id: str, wait_s: float = 30.0) -> RunState:
         except Exception:  # noqa: BLE001 - the store may be unreachable; the run record still says STOPPED
             pass
     return state.update(status="STOPPED", phase="done", message="stopped by request", ended_at=time.time(),
-                        resumable=checkpoint_path(plan).exists())
+                        resumable=state.rounds_completed > 0)

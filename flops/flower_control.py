@@ -1,27 +1,23 @@
-"""Start and watch a Flower run through the SuperLink's Control API, as `flwr run` does."""
+"""The controller's client of the root SuperLink's Control API: the app's own client (start, watch, stop, log)
+plus node registration, and the run's log followed line by line."""
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
+import queue
+import threading
+import time
 from pathlib import Path
 
-from flwr.cli.build import build_fab_from_disk
-from flwr.common.constant import Status, SubStatus
-from flwr.common.serde import fab_to_proto, user_config_to_proto
-from flwr.supercore.fab import Fab
 from flwr.proto.control_pb2 import (  # pylint: disable=E0611
     ListNodesRequest,
-    ListRunsRequest,
     RegisterNodeRequest,
-    StartRunRequest,
-    StopRunRequest,
     UnregisterNodeRequest,
 )
-from flwr.supercore.control import ControlHttpClient
-from flwr.supercore.interceptors.http.runtime_version import RuntimeVersionHttpInterceptor
+from flops_templates.flower_app.flops_app.control import ControlClient, ControlError, RunStatus
 
 from flops.errors import DeployError, FlopsError
+
+__all__ = ["ControlUnavailable", "FlowerControl", "RunLog", "RunStatus", "describe_tls_failure"]
 
 
 def describe_tls_failure(error: str) -> str | None:
@@ -40,34 +36,8 @@ class ControlUnavailable(FlopsError):
     """The SuperLink's Control API did not answer: the SuperLink is down, unreachable or overloaded."""
 
 
-@dataclass(frozen=True)
-class FlowerRunStatus:
-    status: str  # pending, starting, running, finished
-    sub_status: str  # completed, failed, stopped (when finished)
-    details: str
-
-    @property
-    def finished(self) -> bool:
-        return self.status == Status.FINISHED
-
-    @property
-    def completed(self) -> bool:
-        return self.finished and self.sub_status == SubStatus.COMPLETED
-
-
-class FlowerControl:
-    """A small client of one SuperLink's Control API: over TLS, trusting only the run's CA, unless
-    ca_cert is None (an `--insecure` run)."""
-
-    def __init__(self, address: str, ca_cert: Path | str | None = None) -> None:
-        self.address = address
-        self._client = ControlHttpClient.from_server_address(
-            server_address=address,
-            insecure=ca_cert is None,
-            # Bytes, not a path: Flower then builds a context that trusts this CA alone, not the system's.
-            root_certificates=Path(ca_cert).read_bytes() if ca_cert is not None else None,
-            interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")],
-        )
+class FlowerControl(ControlClient):
+    """The app's Control API client, its failures as FLOps' errors, plus what only the controller does."""
 
     def register_node(self, public_key_pem: bytes, name: str) -> int:
         """Register a SuperNode's public key (what `flwr supernode register` does); returns its node id."""
@@ -86,17 +56,10 @@ class FlowerControl:
             raise DeployError(f"SuperLink at {self.address} refused to unregister {name} (node {node_id}): {exc}") from exc
 
     def start_run(self, app_dir: Path, overrides: dict[str, str | int | float | bool]) -> int:
-        """Build the app's FAB and start it; returns Flower's run id."""
-        fab_bytes = build_fab_from_disk(app_dir)
-        fab = Fab(hashlib.sha256(fab_bytes).hexdigest(), fab_bytes, {})
-        request = StartRunRequest(fab=fab_to_proto(fab), override_config=user_config_to_proto(overrides))
         try:
-            response = self._client.StartRun(request)
-        except Exception as exc:  # the client raises transport and protocol errors of several types
-            raise DeployError(f"SuperLink at {self.address} refused the run: {exc}") from exc
-        if not response.HasField("run_id"):
-            raise DeployError(f"SuperLink at {self.address} did not start the run")
-        return int(response.run_id)
+            return super().start_run(app_dir, overrides)
+        except ControlError as exc:
+            raise DeployError(str(exc)) from exc
 
     def list_nodes(self) -> list:
         """The SuperLink's registered SuperNodes (NodeInfo: node_id, name, status, ...)."""
@@ -105,15 +68,59 @@ class FlowerControl:
         except Exception as exc:  # the client raises transport and protocol errors of several types
             raise ControlUnavailable(f"SuperLink at {self.address}: ListNodes: {exc}") from exc
 
-    def run_status(self, run_id: int) -> FlowerRunStatus:
+    def run_status(self, run_id: int) -> RunStatus:
         try:
-            run = self._client.ListRuns(ListRunsRequest(run_id=run_id)).run_dict[run_id]
-        except Exception as exc:  # the client raises transport and protocol errors of several types
-            raise ControlUnavailable(f"SuperLink at {self.address}: ListRuns: {exc}") from exc
-        return FlowerRunStatus(run.status.status, run.status.sub_status, run.status.details)
+            return super().run_status(run_id)
+        except ControlError as exc:
+            raise ControlUnavailable(str(exc)) from exc
 
-    def stop_run(self, run_id: int) -> None:
-        self._client.StopRun(StopRunRequest(run_id=run_id))
+
+class RunLog:
+    """The root ServerApp's output, followed over the Control API as `flwr log` does, in complete lines.
+
+    A thread of its own reads the stream (its own connection), and picks up after the last line it got when the
+    SuperLink was out of reach for a moment. `ended` is set once the run finished and every line arrived.
+    """
+
+    RETRY_S = 0.5
+
+    def __init__(self, address: str, ca_cert: Path | None, run_id: int) -> None:
+        self._control = ControlClient(address, ca_cert)
+        self._run_id = run_id
+        self._lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._closed = threading.Event()
+        self.ended = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name=f"run-log-{run_id}", daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        after, partial = 0.0, ""
+        while not self._closed.is_set():
+            try:
+                for text, latest in self._control.log_chunks(self._run_id, after):
+                    after = max(after, latest)
+                    *complete, partial = (partial + text).split("\n")
+                    for line in complete:
+                        self._lines.put(line)
+                    if self._closed.is_set():
+                        return
+            except ControlError:
+                time.sleep(self.RETRY_S)  # a restarting or busy SuperLink: go on from the last timestamp
+                continue
+            if partial:
+                self._lines.put(partial)
+            self.ended.set()
+            return
+
+    def lines(self) -> list[str]:
+        """The complete lines that arrived since the last call."""
+        found = []
+        while True:
+            try:
+                found.append(self._lines.get_nowait())
+            except queue.Empty:
+                return found
 
     def close(self) -> None:
-        self._client.close()
+        self._closed.set()
+        self._control.close()

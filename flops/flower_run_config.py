@@ -7,9 +7,10 @@ import json
 from flops.plan import RunPlan
 
 
-def root_overrides(plan: RunPlan) -> dict[str, str | int | float]:
-    """Run config for the root aggregator: where to write, and in a hierarchy, its K cluster nodes."""
-    overrides: dict[str, str | int | float] = {"flops-output-dir": str(plan.output_dir)}
+def root_overrides(plan: RunPlan, state_dir: str) -> dict[str, str | int | float]:
+    """Run config for the root aggregator: the folder of its own host it keeps its checkpoint and events in
+    (STATE_DIR, as its orchestrator placed it), and in a hierarchy, its K cluster nodes."""
+    overrides: dict[str, str | int | float] = {"flops-output-dir": state_dir}
     members = ({str(c.index): c.name for c in plan.clusters} if plan.hierarchical
                else {str(l.partition_id): l.name for l in plan.learners})
     overrides["flops-members"] = json.dumps(members)

@@ -76,16 +76,13 @@ class RunPlan(BaseModel):
 
     @property
     def output_dir(self) -> Path:
-        """Where the root aggregator writes its event log, final weights and input example."""
+        """The controller's record of the root's events and the files it sent (final weights, input example)."""
         return self.run_dir / "output"
 
-    @property
-    def events_path(self) -> Path:
-        return self.output_dir / "events.jsonl"
-
-    def cluster_dir(self, cluster: ClusterSpec) -> Path:
-        """Where a cluster aggregator keeps each global round's cluster run (weights in, result out)."""
-        return self.output_dir / cluster.dir_name
+    def host_dir(self, host: str) -> Path:
+        """Where the components of HOST ("root", "cluster-0", ...) keep their own files when that host is this
+        machine (local and Docker runs); the controller does not read them."""
+        return self.run_dir / "hosts" / host
 
     def save(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)

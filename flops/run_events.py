@@ -1,9 +1,11 @@
-"""Following a run through the root aggregator's events: tailing them and recording each round."""
+"""Following a run through the root aggregator's events: reading them from its log stream, recording each round."""
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -14,45 +16,53 @@ from flops.plan import RunPlan
 from flops.runstate import RunState
 
 
-class EventTail:
-    """Reads complete new lines of the root aggregator's events.jsonl."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-
-    def read(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        with open(self.path, "rb") as fh:
-            fh.seek(self.offset)
-            data = fh.read()
-        complete = data[: data.rfind(b"\n") + 1]
-        self.offset += len(complete)
-        return [json.loads(line) for line in complete.splitlines() if line.strip()]
+EVENT_PREFIX = "[flops] "  # how the aggregators' templates print an event (flops_app/events.py)
+# Files the root aggregator sends through its log: the final model and what the model is logged with.
+DELIVERED_FILES = {"final_model.npz", "input_example.npy", "root-aggregator-traceback.log"}
 
 
-class ClusterEvents:
-    """Tails every cluster's per-global-round event logs (output/cluster-i/round-g/events.jsonl)."""
+class RootEvents:
+    """The root aggregator's events, from the lines of its log stream (FLOps may not reach the files of the root's
+    host). Kept as this controller's own record: output/events.jsonl, and the files the root sends in output/."""
 
-    def __init__(self, plan: RunPlan) -> None:
-        self.dirs = {c.name: plan.cluster_dir(c) for c in plan.clusters}
-        self.tails: dict[Path, EventTail] = {}
+    def __init__(self, output_dir: Path) -> None:
+        self.output_dir = output_dir
+        self.output_dir.mkdir(parents=True, exist_ok=True)
 
-    def read(self) -> list[tuple[str, dict[str, Any]]]:
-        found = []
-        for name, cluster_dir in self.dirs.items():
-            for path in sorted(cluster_dir.glob("round-*/events.jsonl"), key=lambda p: int(p.parent.name[6:])):
-                tail = self.tails.setdefault(path, EventTail(path))
-                found += [(name, event) for event in tail.read()]
-        return found
+    def read(self, lines: list[str]) -> list[dict[str, Any]]:
+        events = []
+        for line in lines:
+            start = line.find(EVENT_PREFIX)  # Flower may put a log prefix before the printed text
+            if start < 0:
+                continue
+            try:
+                event = json.loads(line[start + len(EVENT_PREFIX):])
+            except json.JSONDecodeError:
+                continue  # a user's print that happens to start like an event
+            if not isinstance(event, dict) or "event" not in event:
+                continue
+            if event["event"] == "file":
+                self._save_file(event)
+                continue
+            with open(self.output_dir / "events.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(event) + "\n")
+            events.append(event)
+        return events
 
+    def _save_file(self, event: dict[str, Any]) -> None:
+        name = str(event.get("name", ""))
+        if name not in DELIVERED_FILES:
+            return  # only names FLOps asked for: the root never picks a path on this host
+        tmp = self.output_dir / f".{name}.tmp"
+        tmp.write_bytes(base64.b64decode(event["data"]))
+        os.replace(tmp, self.output_dir / name)
 
-CHECKPOINT_FILE = "checkpoint.npz"  # written by the root aggregator after every global round
-
-
-def checkpoint_path(plan: RunPlan) -> Path:
-    return plan.output_dir / CHECKPOINT_FILE
+    def local_copy(self, message: str) -> str:
+        """MESSAGE with a root-host path of a file the root also sent (its traceback) replaced by this copy's."""
+        match = re.search(r"\(traceback: ([^)]+)\)", message)
+        if match and (self.output_dir / Path(match.group(1)).name).exists():
+            return message.replace(match.group(1), str(self.output_dir / Path(match.group(1)).name))
+        return message
 
 
 def final_model_is_finite(plan: RunPlan) -> bool:

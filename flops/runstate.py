@@ -44,7 +44,7 @@ class RunState(BaseModel):
     last_round_rejected: dict[str, str] = {}  # member -> why its update was rejected in the latest round
     rejected_updates: dict[str, int] = {}  # member -> updates rejected over the run
     restarts: dict[str, int] = {}  # component -> times FLOps restarted it
-    resumable: bool = False  # a checkpoint exists and `flops resume` can continue the run
+    resumable: bool = False  # a round completed (so the root's host holds a checkpoint): `flops resume` can continue
     stopped_early: str = ""
     started_at: float = 0.0
     ended_at: float | None = None
@@ -190,7 +190,7 @@ def observed_state(workdir: Path, run_id: str) -> RunState:
         from flops.plan import RunPlan
 
         orchestrator_for(RunPlan.load(state.run_dir)).stop(state.deployment)
-    resumable = (state.run_dir / "output" / "checkpoint.npz").exists()
+    resumable = state.rounds_completed > 0  # a round is reported once its checkpoint is on the root's host
     hint = f"; continue it with `flops resume {run_id}`" if resumable else ""
     return state.update(status="FAILED", phase="done", ended_at=time.time(), resumable=resumable,
                         message=f"the controller (pid {state.controller_pid}) died during '{state.phase}'{hint}")

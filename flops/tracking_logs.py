@@ -13,6 +13,8 @@ POLLING_LINES = {
     "status polls (ListRuns)": re.compile(r"ControlServicer\.ListRuns|/v1/control/list-runs"),
     "message pulls (PullMessages)": re.compile(r"Fleet\.PullMessages|/v1/fleet/pull-messages"),
     "heartbeats": re.compile(r"SendNodeHeartbeat|/v1/fleet/send-node-heartbeat|Heartbeat", re.IGNORECASE),
+    # The root sends its final model to FLOps as base64 in its log: kept in output/, not in the log's reading copy.
+    "files sent to FLOps": re.compile(r'\[flops\] \{"event": "file"'),
 }
 _BLANK_LOG_LINE = re.compile(r"^\s*(INFO|DEBUG)\s*:\s*$")
 

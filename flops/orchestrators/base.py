@@ -40,6 +40,7 @@ class Deployment(BaseModel):
     run_id: str
     control_address: str  # host:port of the root SuperLink's Control API
     ca_cert: Path | None = None  # the run's CA, to reach the Control API over TLS; None: an --insecure run
+    root_state_dir: str = ""  # the root host's folder for its checkpoint and events (a path on that host)
     node_ids: dict[str, int] = {}  # SuperNodes FLOps registered with the root SuperLink: name -> Flower node id
     components: list[ComponentRecord] = []
     settings: dict[str, str] = {}  # orchestrator-specific, e.g. kubernetes: namespace and context
@@ -109,6 +110,7 @@ class Orchestrator(ABC):
             root, root_address = self._start_superlink(plan, "superlink", "root-aggregator", host="root")
             deployment.components.append(root)
             deployment.control_address = root_address
+            deployment.root_state_dir = self._host_dir(plan, "root")
             if not plan.hierarchical:
                 deployment.components += self._start_learners(plan, plan.learners, root_address)
             for cluster in plan.clusters:
@@ -122,7 +124,7 @@ class Orchestrator(ABC):
                 deployment.components.append(self._start_supernode(plan, aggregator, root_address, {
                     "cluster-name": cluster.name, "cluster-index": cluster.index,
                     "cluster-size": len(cluster.learners), "cluster-superlink": link_address,
-                    "cluster-dir": str(plan.cluster_dir(cluster)), "app-dir": str(plan.app_dir),
+                    "cluster-dir": self._host_dir(plan, cluster.dir_name), "app-dir": str(plan.app_dir),
                     # "id=name,..." not JSON: Flower's --node-config parser cuts values at inner quotes.
                     "cluster-members": ",".join(f"{l.partition_id}={l.name}" for l in cluster.learners),
                     "cluster-superlink-ca": str(self.security.ca_cert or ""),
@@ -182,6 +184,11 @@ class Orchestrator(ABC):
 
     def _after_supernodes_started(self, plan: RunPlan) -> None:
         """Hook: SuperNodes start in parallel; an implementation may wait for them here."""
+
+    def _host_dir(self, plan: RunPlan, host: str) -> str:
+        """Hook: the folder, on HOST, where that host's components keep their own files (the root's checkpoint, a
+        gateway's local rounds). Nothing else reads it: FLOps learns what happens over the network."""
+        return str(plan.host_dir(host))
 
     def _settings(self) -> dict[str, str]:
         """Hook: orchestrator-specific facts a later `flops stop` needs (kept in Deployment.settings)."""

@@ -136,7 +136,7 @@ class ManifestBuilder:
             found.append(self._supernode(aggregator, "cluster-aggregator", "superlink", {
                 "cluster-name": cluster.name, "cluster-index": cluster.index,
                 "cluster-size": len(cluster.learners), "cluster-superlink": self.address(link),
-                "cluster-dir": str(plan.cluster_dir(cluster)), "app-dir": str(plan.app_dir),
+                "cluster-dir": str(plan.host_dir(cluster.dir_name)), "app-dir": str(plan.app_dir),
             }, placement))
         return found
 
@@ -191,7 +191,7 @@ class ManifestBuilder:
             "PYTHONPYCACHEPREFIX": str(plan.run_dir / "pycache"),
         }
         files = {"plan.json": plan.model_dump_json(indent=2),
-                 "run-config.json": json.dumps(root_overrides(plan), indent=2, sort_keys=True)}
+                 "run-config.json": json.dumps(root_overrides(plan, str(plan.host_dir("root"))), indent=2, sort_keys=True)}
         return [{"apiVersion": "v1", "kind": "ConfigMap",
                  "metadata": self._metadata(object_name(plan.run_id, part), part, "config"), "data": data}
                 for part, data in (("env", env), ("config", files))]

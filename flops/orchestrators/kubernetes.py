@@ -141,7 +141,7 @@ class KubernetesOrchestrator(Orchestrator):
         (plan.run_dir / "flwr_home").mkdir(parents=True, exist_ok=True)
         plan.logs_dir.mkdir(parents=True, exist_ok=True)
         deployment = Deployment(orchestrator=self.name, run_id=plan.run_id, control_address="",
-                                settings=self._settings())
+                                root_state_dir=str(plan.host_dir("root")), settings=self._settings())
         deployment.components = [
             ComponentRecord(name=c.name, role=_role(c.role), log_path=plan.logs_dir / f"{c.name}.log",
                             partition_id=self._partition(plan, c.name))

@@ -79,7 +79,8 @@ def test_a_flat_federation_trains_in_containers_and_stop_removes_them(
         assert "--auth-supernode-private-key" in commands["learner-0"]
         control = FlowerControl(deployment.control_address, deployment.ca_cert)
         try:
-            flower_run = control.start_run(plan.app_dir, {**root_overrides(plan), "num-server-rounds": 1})
+            flower_run = control.start_run(plan.app_dir, {**root_overrides(plan, deployment.root_state_dir),
+                                                              "num-server-rounds": 1})
             deadline = time.monotonic() + 600
             status = control.run_status(flower_run)
             while not status.finished and time.monotonic() < deadline:
@@ -88,7 +89,7 @@ def test_a_flat_federation_trains_in_containers_and_stop_removes_them(
         finally:
             control.close()
         assert status.completed, (status, orchestrator.logs(deployment, "superlink").read_text()[-3000:])
-        assert plan.events_path.exists()
+        assert (plan.host_dir("root") / "events.jsonl").exists()  # the root's own record, on its host
     finally:
         orchestrator.stop(deployment)
     assert labelled(plan.run_id) == []

@@ -32,9 +32,7 @@ def test_non_finite_metrics_are_null_in_state_json_and_the_summary_and_still_loa
 def test_a_run_whose_controller_died_is_failed_and_resumable_never_running(tmp_path: Path) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    state = _state(tmp_path, status="RUNNING", phase="training", controller_pid=dead.pid)
-    (state.run_dir / "output").mkdir()
-    (state.run_dir / "output" / "checkpoint.npz").write_bytes(b"")
+    _state(tmp_path, status="RUNNING", phase="training", controller_pid=dead.pid, rounds_completed=2)
     seen = observed_state(tmp_path, "r1")
     assert (seen.status, seen.phase, seen.resumable) == ("FAILED", "done", True)
     assert f"pid {dead.pid}" in seen.message and "flops resume r1" in seen.message

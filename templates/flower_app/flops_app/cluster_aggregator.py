@@ -1,5 +1,8 @@
 """A cluster aggregator: a SuperNode of the root federation that answers each global round by running
-`local-rounds` rounds of FedAvg over its own learners on its own SuperLink, through Flower's Control API."""
+`local-rounds` rounds of FedAvg over its own learners on its own SuperLink, through Flower's Control API.
+
+The cluster's SuperLink runs on the same host (the cluster's gateway): the local rounds' model and results pass
+through a folder of that host (node config `cluster-dir`); everything else goes up to the root in the reply."""
 
 from __future__ import annotations
 
@@ -7,11 +10,12 @@ import json
 import time
 from pathlib import Path
 
-from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 
+from flops_app.control import ControlClient, ControlError
 from flops_app.events import EventLog, load_arrays
-from flops_app.strategy import CLUSTER_INDEX, CLUSTER_KEY_PREFIX, quorum_size
+from flops_app.strategy import CLUSTER_INDEX, CLUSTER_KEY_PREFIX, LOCAL_ROUNDS_KEY, quorum_size
 
 # A cluster that lost its learners is a lost device at the root, not broken code (Flower's NODE_UNAVAILABLE).
 CLUSTER_UNAVAILABLE = ErrorCode.NODE_UNAVAILABLE
@@ -23,10 +27,7 @@ def is_cluster_aggregator(context: Context) -> bool:
 
 
 def train(msg: Message, context: Context) -> Message:
-    """Run this global round's local rounds in the cluster and reply with the cluster model."""
-    # Imported here: only a cluster aggregator, which FLOps starts, needs FLOps' Control API client.
-    from flops.flower_control import FlowerControl
-
+    """Run this global round's local rounds in the cluster and reply with the cluster model and their metrics."""
     node, cfg = context.node_config, context.run_config
     name, index = str(node["cluster-name"]), int(node["cluster-index"])
     config = msg.content["config"]
@@ -35,7 +36,7 @@ def train(msg: Message, context: Context) -> Message:
     work.save_arrays(msg.content["arrays"].to_numpy_ndarrays(), "initial.npz")
     size = int(node["cluster-size"])
     quorum = quorum_size(float(cfg["min-fit-fraction"]), size)
-    control = FlowerControl(str(node["cluster-superlink"]), str(node.get("cluster-superlink-ca", "")) or None)
+    control = ControlClient(str(node["cluster-superlink"]), str(node.get("cluster-superlink-ca", "")) or None)
     try:
         run_id = control.start_run(Path(str(node["app-dir"])), {
             "flops-tier": "cluster",
@@ -52,6 +53,8 @@ def train(msg: Message, context: Context) -> Message:
                 control.stop_run(run_id)
                 return _error(msg, f"cluster {name}: local rounds did not finish within {cfg['round-timeout-s']}s")
             time.sleep(STATUS_POLL_S)
+    except ControlError as exc:  # this cluster's SuperLink is gone: a lost cluster at the root, not broken code
+        return _error(msg, f"cluster {name}: {exc}")
     finally:
         control.close()
     result_path = work.output_dir / "cluster_result.json"
@@ -66,18 +69,23 @@ def train(msg: Message, context: Context) -> Message:
         **{k: float(v) for k, v in result.get("train", {}).items() if k != "num-examples"},
     }
     arrays = ArrayRecord(load_arrays(work.output_dir / "final_model.npz"))
-    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
+    local_rounds = ConfigRecord({LOCAL_ROUNDS_KEY: json.dumps(_events(work.output_dir, "local_round"))})
+    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics), "flops": local_rounds}),
+                   reply_to=msg)
+
+
+def _events(output_dir: Path, kind: str) -> list[dict]:
+    """The cluster run's events of one kind, from its events.jsonl on this host."""
+    path = output_dir / "events.jsonl"
+    if not path.exists():
+        return []
+    return [event for line in path.read_text().splitlines() if (event := json.loads(line))["event"] == kind]
 
 
 def _failure_reason(output_dir: Path, name: str, fallback: str) -> str:
     """The cluster run's own failure message (a learner's exception), else Flower's status details."""
-    events = output_dir / "events.jsonl"
-    if events.exists():
-        for line in reversed(events.read_text().splitlines()):
-            event = json.loads(line)
-            if event["event"] == "failed":
-                return event["message"]
-    return f"cluster {name}: local rounds failed: {fallback}"
+    failures = _events(output_dir, "failed")
+    return failures[-1]["message"] if failures else f"cluster {name}: local rounds failed: {fallback}"
 
 
 def _error(msg: Message, reason: str) -> Message:

@@ -1,7 +1,10 @@
-"""Append-only JSON-lines event log the aggregators write and FLOps reads to track a run."""
+"""The aggregators' events: printed as `[flops] {json}` lines, which FLOps follows through the SuperLink's log
+stream (Flower's Control API), and kept in an append-only events.jsonl on the aggregator's own host."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import time
@@ -9,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+EVENT_PREFIX = "[flops] "
 
 
 class EventLog:
@@ -21,7 +27,7 @@ class EventLog:
 
     def emit(self, event: str, **fields: Any) -> None:
         record = strict_json({"event": event, "time": time.time(), **fields})
-        print(f"[flops] {json.dumps(record, allow_nan=False)}", flush=True)
+        print(EVENT_PREFIX + json.dumps(record, allow_nan=False), flush=True)
         if self.output_dir is None:
             return
         with open(self.output_dir / "events.jsonl", "a", encoding="utf-8") as fh:
@@ -40,8 +46,12 @@ class EventLog:
         """Flower discards a run's final context, so the model leaves the ServerApp as a file."""
         self._write_atomically(name, lambda fh: np.savez(fh, *arrays))
 
-    def save_example(self, example: np.ndarray) -> None:
-        self._write_atomically("input_example.npy", lambda fh: np.save(fh, example))
+    def publish_file(self, name: str, payload: bytes) -> None:
+        """Send a file to whoever follows the log stream (the root's final model to FLOps, on another host), and
+        keep it here too. One line: the log stream carries text, so the bytes go as base64."""
+        self._write_atomically(name, lambda fh: fh.write(payload))
+        print(EVENT_PREFIX + json.dumps({"event": "file", "name": name, "data": base64.b64encode(payload).decode()}),
+              flush=True)
 
     def save_json(self, name: str, payload: dict[str, Any]) -> None:
         self._write_atomically(name, lambda fh: fh.write(json.dumps(payload).encode()))
@@ -56,6 +66,18 @@ def strict_json(value: Any) -> Any:
     if isinstance(value, (float, np.floating)) and not np.isfinite(value):
         return None
     return value
+
+
+def npz_bytes(arrays: list[np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, *arrays)
+    return buffer.getvalue()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 def load_arrays(path: str | Path) -> list[np.ndarray]:

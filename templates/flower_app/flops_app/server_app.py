@@ -13,7 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from flops_app.aggregation import non_finite, payload_bytes
 from flops_app.checkpoint import load_checkpoint, save_checkpoint
-from flops_app.events import EventLog, load_arrays
+from flops_app.events import EventLog, load_arrays, npy_bytes, npz_bytes
 from flops_app.prompt_grid import PromptGrid
 from flops_app.strategy import LearnerFailed, build_strategy
 from flops_app.user_task import UserCodeError, input_example, load_task
@@ -51,9 +51,9 @@ def _save_traceback(events: EventLog, tier: str, details: str) -> str:
     """Write the user's full traceback beside the events (the ServerApp's stderr is not kept): " (traceback: PATH)"."""
     if events.output_dir is None:
         return ""
-    path = events.output_dir / f"{tier}-aggregator-traceback.log"
-    path.write_text(details, encoding="utf-8")
-    return f" (traceback: {path})"
+    name = f"{tier}-aggregator-traceback.log"
+    events.publish_file(name, details.encode())  # FLOps keeps its own copy: it may not reach this host's files
+    return f" (traceback: {events.output_dir / name})"
 
 
 def _strategy(cfg: dict):  # noqa: ANN202 - a Flower strategy class made at run time
@@ -154,8 +154,8 @@ def _root_federation(grid: Grid, cfg: dict, events: EventLog) -> None:
         final, stopped = latest[0], str(stop)
     if non_finite(final.to_numpy_ndarrays()):
         raise RuntimeError("the final global model holds non-finite values; it is not saved or registered")
-    events.save_arrays(final.to_numpy_ndarrays())
-    events.save_example(input_example(central_testloader))
+    events.publish_file("final_model.npz", npz_bytes(final.to_numpy_ndarrays()))
+    events.publish_file("input_example.npy", npy_bytes(input_example(central_testloader)))
     events.emit("finished", rounds=num_rounds, stopped_early=stopped)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Iterable
@@ -17,6 +18,7 @@ from flops_app.aggregation import cast_like, payload_bytes, update_problem, weig
 # Metric keys a cluster aggregator adds to its reply: accounting, not model metrics.
 CLUSTER_KEY_PREFIX = "cluster-"
 CLUSTER_INDEX = "cluster-index"
+LOCAL_ROUNDS_KEY = "local-rounds"  # a cluster aggregator's reply: its local rounds' events (JSON), in record "flops"
 # Metric key a learner adds to its replies: which member of the federation it is (its partition id).
 MEMBER_KEY = "flops-member"
 # Flower's error codes (flwr.common.constant.ErrorCode) that mean the user's code failed, not the device.
@@ -169,6 +171,7 @@ class FlopsAccounting:
         contents = [m.content for m in accepted]
         stats["examples"] = int(sum(float(c["metrics"][self.weighted_by_key]) for c in contents))  # type: ignore[attr-defined]
         self._record_clusters(stats, contents, payload_bytes([self._reference]))
+        self._record_local_rounds(stats, [m.content for m in answered])
         arrays, metrics = self._aggregate(server_round, accepted)
         train = {k: v for k, v in dict(metrics or {}).items()
                  if not k.startswith((CLUSTER_KEY_PREFIX, "flops-"))}
@@ -209,6 +212,14 @@ class FlopsAccounting:
             cluster.update(bytes_to_root=model_bytes, bytes_from_root=model_bytes,
                            examples=int(metrics["num-examples"]))
             stats.setdefault("clusters", {})[str(int(metrics[CLUSTER_INDEX]))] = cluster
+
+    @staticmethod
+    def _record_local_rounds(stats: dict, contents: list) -> None:
+        """Each answering cluster's local rounds, as its aggregator reported them: they reach FLOps with this round."""
+        for content in contents:
+            if "flops" in content and CLUSTER_INDEX in content["metrics"]:
+                index = str(int(content["metrics"][CLUSTER_INDEX]))
+                stats.setdefault("local_rounds", {})[index] = json.loads(str(content["flops"][LOCAL_ROUNDS_KEY]))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
