@@ -79,6 +79,16 @@ class RunPlan(BaseModel):
         """The controller's record of the root's events and the files it sent (final weights, input example)."""
         return self.run_dir / "output"
 
+    def placed_at(self, host: str) -> tuple[str | None, int | None]:
+        """Where the topology file put HOST ("root", "cluster-0", a learner's name): (host, port), None where it
+        says nothing (the orchestrator chooses)."""
+        if self.topology is None:
+            return None, None
+        if host == "root":
+            return self.topology.host_of(self.topology.root)
+        cluster = next((c for c in self.clusters if c.dir_name == host), None)
+        return self.topology.host_of(cluster.name if cluster else host)
+
     def host_dir(self, host: str) -> Path:
         """Where the components of HOST ("root", "cluster-0", ...) keep their own files when that host is this
         machine (local and Docker runs); the controller does not read them."""

@@ -117,10 +117,11 @@ def prepare_run(request: RunRequest, progress: Progress | None = None,
             raise ConfigError(f"--network namespaces: only for --orchestrator local (--orchestrator {orchestrator} "
                               "places its components itself)")
         check_namespaces_usable()
+    topology = _topology(config, request.topology_file)
+    orchestrator_class(orchestrator).check_placement(topology, network)
     if insecure:
         hosts = list(LOOPBACK_NAMES) if network == "loopback" else [f"{SUBNET_POOL} (one network namespace per host)"]
-        refuse_insecure_network(hosts, request.allow_insecure_network)
-    topology = _topology(config, request.topology_file)
+        refuse_insecure_network([*hosts, *(host for _, host in topology.placed_hosts())], request.allow_insecure_network)
     if topology.is_flat and config.hierarchy_options_given():
         given = ", ".join(f"{name} = {getattr(config, name)}" for name in config.hierarchy_options_given())
         raise ConfigError(f"{given}: applies to hierarchical runs only; this run is flat "

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, ValidationError, field_validator, model_validator,
+    AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, ValidationError, field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -20,6 +23,23 @@ from flops.errors import ConfigError
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="Letters, digits, '.', '_' or '-'; at most 63 characters.")]
 Cost = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def _host(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        if not _HOSTNAME.match(value):
+            raise ValueError(f"'{value}' is neither an IP address nor a host name") from None
+        return value.lower()
+
+
+Host = Annotated[str, AfterValidator(_host), Field(description="An IP address or a DNS name (RFC 1123).")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+HOST_DOC = ("The host this component runs on: what the others dial to reach it (an IP address or a name). "
+            "Components with the same host share it, as on one machine.")
 
 
 class Toleration(BaseModel):
@@ -59,6 +79,7 @@ class LearnerNode(Placement):
     model_config = ConfigDict(extra="forbid")
 
     name: Name
+    host: Host | None = Field(None, description=HOST_DOC)
     labels: dict[str, str] = Field(default_factory=dict, description="Free-form labels, e.g. {arch: arm64, site: lab}.")
     link_costs: dict[str, Cost] = Field(
         default_factory=dict,
@@ -72,6 +93,8 @@ class ClusterNode(Placement):
     model_config = ConfigDict(extra="forbid")
 
     name: Name
+    host: Host | None = Field(None, description=HOST_DOC + " The cluster's SuperLink and its aggregator share it.")
+    port: Port | None = Field(None, description="The port the cluster's SuperLink listens on (default: a free one).")
     learners: list[str] = Field(
         default_factory=list,
         description="Learner names. With assignment 'manual' every learner is listed in one cluster; "
@@ -98,6 +121,8 @@ class Topology(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     root: Name = "root"
+    root_host: Host | None = Field(None, description="The host of the root SuperLink and aggregator. " + HOST_DOC)
+    root_port: Port | None = Field(None, description="The port the root SuperLink listens on (default: a free one).")
     clusters: list[ClusterNode] = Field(default_factory=list, description="Cluster aggregators; empty means flat FL.")
     learners: list[LearnerNode] = Field(min_length=1, description="Order gives partition ids: learners[i] trains on partition i.")
     assignment: str = Field("manual", description="Learner-to-cluster strategy: manual, balanced, min-comm-cost or label-balance.")
@@ -128,7 +153,39 @@ class Topology(BaseModel):
         if len(self.clusters) > len(self.learners):
             raise _error(("clusters",), f"{len(self.clusters)} clusters for {len(self.learners)} learners; each cluster needs a learner")
         self._check_cluster_members(learner_names)
+        self._check_superlink_addresses()
         return self
+
+    def _check_superlink_addresses(self) -> None:
+        """Two SuperLinks cannot listen on one host and port."""
+        taken = {(self.root_host, self.root_port): ("root_port",)} if self.root_port else {}
+        for i, cluster in enumerate(self.clusters):
+            if cluster.port is None:
+                continue
+            where = (cluster.host, cluster.port)
+            if where in taken:
+                raise _error(("clusters", i, "port"), f"{cluster.host or 'this host'}:{cluster.port} is already the "
+                             f"SuperLink address of {field_path(taken[where])}")
+            taken[where] = ("clusters", i, "port")
+
+    def placed_hosts(self) -> list[tuple[str, str]]:
+        """(field, host) of every `host:` the file gives, e.g. ("clusters[0].host", "10.0.0.5")."""
+        found = [("root_host", self.root_host)] + [(f"clusters[{i}].host", c.host) for i, c in enumerate(self.clusters)]
+        found += [(f"learners[{i}].host", learner.host) for i, learner in enumerate(self.learners)]
+        return [(name, host) for name, host in found if host is not None]
+
+    def placed_ports(self) -> list[str]:
+        """The fields that give a SuperLink's port."""
+        return (["root_port"] if self.root_port else []) + [f"clusters[{i}].port" for i, c in enumerate(self.clusters) if c.port]
+
+    def host_of(self, name: str) -> tuple[str | None, int | None]:
+        """(host, port) the file gives the root (NAME == root), a cluster or a learner; None where it says nothing."""
+        if name == self.root:
+            return self.root_host, self.root_port
+        for cluster in self.clusters:
+            if cluster.name == name:
+                return cluster.host, cluster.port
+        return next(((learner.host, None) for learner in self.learners if learner.name == name), (None, None))
 
     def _check_names(self) -> set[str]:
         seen: dict[str, str] = {self.root: "root"}
@@ -160,10 +217,15 @@ class Topology(BaseModel):
                 raise _error(("clusters",), f"learner(s) {_listing(missing)} in no cluster; with assignment 'manual' every learner is in one")
 
     def placement_of(self, name: str) -> Placement | None:
-        """The node selector and tolerations of the learner or cluster called NAME."""
+        """The node selector and tolerations of the learner or cluster called NAME (or the root); a `host:` is the
+        Kubernetes node's name (the label kubernetes.io/hostname), unless the node selector says otherwise."""
+        host = self.host_of(name)[0]
+        hostname = {HOSTNAME_LABEL: host} if host else {}
+        if name == self.root:
+            return Placement(node_selector=hostname) if host else None
         for node in [*self.learners, *self.clusters]:
             if node.name == name:
-                return Placement(node_selector=node.node_selector, tolerations=node.tolerations)
+                return Placement(node_selector={**hostname, **node.node_selector}, tolerations=node.tolerations)
         return None
 
     @property

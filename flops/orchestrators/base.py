@@ -8,14 +8,17 @@ import socket
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel
 
+from flops.credentials import LOOPBACK_NAMES
 from flops.errors import DeployError
 from flops.orchestrators.link_security import LinkSecurity
 from flops.plan import LearnerSpec, RunPlan
+from flops.topology import Topology
 
 ComponentRole = Literal["superlink", "root-aggregator", "cluster-aggregator", "learner"]
 
@@ -51,11 +54,53 @@ def node_config_text(node_config: dict[str, str | int]) -> str:
     return " ".join(f"{k}={json.dumps(v)}" for k, v in node_config.items())
 
 
-def port_open(port: int) -> bool:
-    """Whether something accepts connections on loopback PORT."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+def host_port(host: str, port: int) -> str:
+    """HOST:PORT as Flower's address arguments take it (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def addresses_of_this_machine(host: str) -> list[str]:
+    """HOST's addresses when every one of them is this machine's (a socket binds to it), else []."""
+    try:
+        found = sorted({info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)})
+    except OSError:
+        return []
+    for address in found:
+        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((address, 0))
+            except OSError:
+                return []
+    return found
+
+
+@dataclass(frozen=True)
+class SuperLinkPlace:
+    """Where a SuperLink on this machine listens, what the others dial, and the names its certificate holds."""
+
+    listen: str
+    dial: str
+    port: int
+    names: tuple[str, ...]
+
+
+def place_on_this_machine(plan: RunPlan, host: str, free_port: Callable[[], int]) -> SuperLinkPlace:
+    """A SuperLink of HOST on this machine's network: on loopback, or where the topology file put it (an address
+    or name of this machine, checked at submit), on its port or a free one."""
+    placed, port = plan.placed_at(host)
+    if placed is None:
+        return SuperLinkPlace("127.0.0.1", "127.0.0.1", port or free_port(), LOOPBACK_NAMES)
+    addresses = addresses_of_this_machine(placed)
+    if not addresses:
+        raise DeployError(f"{host}: {placed} is not an address of this machine")
+    return SuperLinkPlace(addresses[0], placed, port or free_port(), tuple(dict.fromkeys([placed, *addresses])))
+
+
+def port_open(port: int, address: str = "127.0.0.1") -> bool:
+    """Whether something accepts connections on ADDRESS:PORT (by default on loopback)."""
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex((address, port)) == 0
 
 
 def wait_for_port(port: int, record: ComponentRecord, timeout_s: float, exit_reason: Callable[[], str | None],
@@ -93,6 +138,16 @@ class Orchestrator(ABC):
     # Whether deploy() hands each component the run's TLS material and SuperNode keys.
     carries_credentials: ClassVar[bool] = True
 
+    @classmethod
+    def check_placement(cls, topology: Topology, network: str) -> None:
+        """Refuse, before anything starts, a topology file that puts components where this orchestrator cannot
+        start them (ConfigError naming the field). This one starts every component on this machine."""
+        for field, host in topology.placed_hosts():
+            if not addresses_of_this_machine(host):
+                raise topology.config_error(field, f"{host} is not an address of this machine, and --orchestrator "
+                                            f"{cls.name} starts every component here (--orchestrator local --network "
+                                            "namespaces gives each host its own address on this machine)")
+
     def deploy(self, plan: RunPlan) -> Deployment:
         """Start every component of the plan and return once the root SuperLink accepts runs.
 
@@ -124,7 +179,7 @@ class Orchestrator(ABC):
                 deployment.components.append(self._start_supernode(plan, aggregator, root_address, {
                     "cluster-name": cluster.name, "cluster-index": cluster.index,
                     "cluster-size": len(cluster.learners), "cluster-superlink": link_address,
-                    "cluster-dir": self._host_dir(plan, cluster.dir_name), "app-dir": str(plan.app_dir),
+                    "cluster-dir": self._host_dir(plan, cluster.dir_name), "app-dir": self._app_dir(plan),
                     # "id=name,..." not JSON: Flower's --node-config parser cuts values at inner quotes.
                     "cluster-members": ",".join(f"{l.partition_id}={l.name}" for l in cluster.learners),
                     "cluster-superlink-ca": str(self.security.ca_cert or ""),
@@ -189,6 +244,10 @@ class Orchestrator(ABC):
         """Hook: the folder, on HOST, where that host's components keep their own files (the root's checkpoint, a
         gateway's local rounds). Nothing else reads it: FLOps learns what happens over the network."""
         return str(plan.host_dir(host))
+
+    def _app_dir(self, plan: RunPlan) -> str:
+        """Hook: where a cluster aggregator finds the app it starts its local rounds with (in an image: inside it)."""
+        return str(plan.app_dir)
 
     def _settings(self) -> dict[str, str]:
         """Hook: orchestrator-specific facts a later `flops stop` needs (kept in Deployment.settings)."""

@@ -14,7 +14,10 @@ from flops.orchestrators.base import (
     Deployment,
     Orchestrator,
     hand_run_dir_to_image_user,
+    host_port,
     node_config_text,
+    place_on_this_machine,
+    port_open,
     wait_for_port,
 )
 from flops.orchestrators.local import RUN_ID_ENV, free_port
@@ -79,25 +82,37 @@ class DockerOrchestrator(Orchestrator):
                 raise DeployError(f"cannot pull {self.image}: {exc.explanation or exc}") from exc
         return self.image
 
-    def _mounts(self, plan: RunPlan) -> dict[str, dict[str, str]]:
-        """The run directory (and the app, when it lies elsewhere) at the same paths as on the host."""
-        mounts = {str(plan.run_dir): {"bind": str(plan.run_dir), "mode": "rw"}}
-        if not plan.app_dir.resolve().is_relative_to(plan.run_dir.resolve()):
-            mounts[str(plan.app_dir)] = {"bind": str(plan.app_dir), "mode": "ro"}
+    @staticmethod
+    def _mounts(plan: RunPlan, host: str, args: list[str]) -> dict[str, dict[str, str]]:
+        """What one container receives from this machine: its host's own folder, and read-only the credential
+        files its command names (its certificate and key, or the CA and its SuperNode key), at the same paths.
+        The app is in the image; no container sees another host's files or another component's key."""
+        mounts = {str(plan.host_dir(host)): {"bind": str(plan.host_dir(host)), "mode": "rw"}}
+        for arg in args:
+            path = Path(arg)
+            if path.is_absolute() and path.is_relative_to(plan.run_dir) and path.is_file():
+                mounts[arg] = {"bind": arg, "mode": "ro"}
         return mounts
 
-    def _run(self, plan: RunPlan, record: ComponentRecord, role: str, args: list[str]) -> ComponentRecord:
+    def _app_dir(self, plan: RunPlan) -> str:
+        from flops.app_image import APP_WORKDIR  # the image step's constant; imported late (app_image -> orchestrators)
+
+        return APP_WORKDIR
+
+    def _run(self, plan: RunPlan, record: ComponentRecord, role: str, args: list[str], host: str) -> ComponentRecord:
         import docker.errors
 
         record.log_path.parent.mkdir(parents=True, exist_ok=True)
+        host_dir = plan.host_dir(host)
+        host_dir.mkdir(parents=True, exist_ok=True)
         user = hand_run_dir_to_image_user(plan)  # per container: the key files made for this one included
         try:
             container = self.client.containers.run(
                 self.image, command=[role, *args], detach=True, name=container_name(plan.run_id, record.name),
                 network_mode="host", labels={RUN_LABEL: plan.run_id, COMPONENT_LABEL: record.name},
-                environment={"FLWR_HOME": str(plan.run_dir / "flwr_home"), RUN_ID_ENV: plan.run_id,
+                environment={"FLWR_HOME": str(host_dir / "flwr_home" / record.name), RUN_ID_ENV: plan.run_id,
                              "PYTHONUNBUFFERED": "1"},
-                volumes=self._mounts(plan), working_dir=str(plan.run_dir), **({"user": user} if user else {}),
+                volumes=self._mounts(plan, host, args), working_dir=str(host_dir), **({"user": user} if user else {}),
             )
         except docker.errors.APIError as exc:
             raise DeployError(f"cannot start {record.name}: {exc.explanation or exc}") from exc
@@ -136,19 +151,20 @@ class DockerOrchestrator(Orchestrator):
         return f"exited with code {code} while starting: {tail}"
 
     def _start_superlink(self, plan: RunPlan, name: str, role: ComponentRole, host: str) -> tuple[ComponentRecord, str]:
-        port = free_port()  # every container is on the host network: HOST is this machine
+        place = place_on_this_machine(plan, host, free_port)  # every container is on the host network: this machine
         record = ComponentRecord(name=name, role=role, log_path=plan.logs_dir / f"{name}.log")
         image_role = "root-aggregator" if role == "root-aggregator" else "cluster-superlink"
-        self._run(plan, record, image_role, [*self.security.superlink_args(name), "--host", "127.0.0.1",
-                                             "--port", str(port)])
-        wait_for_port(port, record, plan.config.startup_timeout_s, lambda: self._exit_reason(record))
-        return record, f"127.0.0.1:{port}"
+        self._run(plan, record, image_role, [*self.security.superlink_args(name, place.names), "--host", place.listen,
+                                             "--port", str(place.port)], host)
+        wait_for_port(place.port, record, plan.config.startup_timeout_s, lambda: self._exit_reason(record),
+                      lambda: port_open(place.port, place.listen))
+        return record, host_port(place.dial, place.port)
 
     def _start_supernode(self, plan: RunPlan, record: ComponentRecord, superlink: str,
                          node_config: dict[str, str | int], host: str) -> ComponentRecord:
         args = [*self.security.supernode_args(record.name, superlink), "--superlink", superlink, "--port", str(free_port()),
                 "--node-config", node_config_text(node_config), "--max-retries", "5", "--max-wait-time", "30"]
-        return self._run(plan, record, record.role, args)
+        return self._run(plan, record, record.role, args, host)
 
     def _before_deploy(self, plan: RunPlan) -> None:
         self._ensure_image()

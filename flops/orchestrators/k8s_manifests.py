@@ -123,7 +123,7 @@ class ManifestBuilder:
 
     def components(self) -> list[Component]:
         plan = self.plan
-        found = [self._superlink("superlink", "root-aggregator")]
+        found = [self._superlink("superlink", "root-aggregator", self._placement(plan.topology.root if plan.topology else ""))]
         if not plan.hierarchical:
             found += [self._learner(learner.name, learner.partition_id, learner.num_partitions, "superlink")
                       for learner in plan.learners]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import time
@@ -23,6 +24,7 @@ from flops.orchestrators.k8s_manifests import (
     write_manifests,
 )
 from flops.plan import RunPlan
+from flops.topology import Topology
 
 # A container waiting for one of these will not start by itself: the run fails instead of waiting it out.
 STUCK_REASONS = frozenset({"CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "InvalidImageName",
@@ -91,6 +93,14 @@ def _role(role: str) -> ComponentRole:
             "cluster-aggregator": "cluster-aggregator"}.get(role, "learner")  # type: ignore[return-value]
 
 
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 class KubernetesOrchestrator(Orchestrator):
     """Applies the run's objects at once, waits for the root SuperLink to be ready, watches pods by label.
 
@@ -103,6 +113,18 @@ class KubernetesOrchestrator(Orchestrator):
     # yet (and podman 4.3 mounts Secrets as base64 text): these runs are --insecure only, refused otherwise.
     carries_credentials = False
     host_network = False
+
+    @classmethod
+    def check_placement(cls, topology: Topology, network: str) -> None:
+        """A `host:` names the Kubernetes node a pod runs on (kubernetes.io/hostname); nodes are not addressed, and
+        a SuperLink is reached through its Service's port."""
+        for field, host in topology.placed_hosts():
+            if _is_address(host):
+                raise topology.config_error(field, f"{host}: --orchestrator {cls.name} places pods on nodes by name "
+                                            "(kubernetes.io/hostname), not by address")
+        for field in topology.placed_ports():
+            raise topology.config_error(field, f"--orchestrator {cls.name}: a SuperLink is reached through its "
+                                        "Service, whose port FLOps chooses; drop the port")
 
     def __init__(self, image: str | None = None, namespace: str | None = None, context: str | None = None,
                  api_client: Any = None, credentials: Credentials | None = None) -> None:

@@ -11,18 +11,21 @@ import subprocess
 import time
 from pathlib import Path
 
-from flops.credentials import LOOPBACK_NAMES
 from flops.errors import DeployError
 from flops.orchestrators.base import (
     ComponentRecord,
     ComponentRole,
     Deployment,
     Orchestrator,
+    SuperLinkPlace,
+    host_port,
     node_config_text,
+    place_on_this_machine,
     wait_for_port,
 )
-from flops.orchestrators.netns import NamespaceNetwork
+from flops.orchestrators.netns import NamespaceNetwork, placement_problem
 from flops.plan import RunPlan
+from flops.topology import Topology
 
 # Every process of a run carries this variable (children inherit it), so stop() also finds
 # processes that left their group, such as a flower-superexec re-parented to init.
@@ -143,15 +146,31 @@ class LocalOrchestrator(Orchestrator):
         env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")
         return env
 
-    def _address(self, host: str) -> str:
-        return self._network.address(host) if self._network else "127.0.0.1"
+    @classmethod
+    def check_placement(cls, topology: Topology, network: str) -> None:
+        """With --network namespaces each `host:` becomes a namespace: an IPv4 address is given to it as it is, a
+        name gets one of the run's addresses. On loopback, every `host:` must be this machine."""
+        if network != "namespaces":
+            super().check_placement(topology, network)
+            return
+        for field, host in topology.placed_hosts():
+            problem = placement_problem(host)
+            if problem:
+                raise topology.config_error(field, f"{host}: {problem}")
 
-    def _on_host(self, host: str, argv: list[str]) -> list[str]:
+    @staticmethod
+    def _machine(plan: RunPlan, host: str) -> str:
+        """The namespace HOST's components run in: the topology file's `host:` (shared by every component given
+        it), else HOST's own."""
+        return plan.placed_at(host)[0] or host
+
+    def _on_host(self, plan: RunPlan, host: str, argv: list[str]) -> list[str]:
         """ARGV run on HOST: in its namespace (made on first use) with --network namespaces, else as it is."""
         if self._network is None:
             return argv
-        self._network.address(host)
-        return [*self._network.exec_prefix(host), *argv]
+        machine = self._machine(plan, host)
+        self._network.address(machine)
+        return [*self._network.exec_prefix(machine), *argv]
 
     def _spawn(self, plan: RunPlan, record: ComponentRecord, argv: list[str]) -> ComponentRecord:
         record.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,17 +212,23 @@ class LocalOrchestrator(Orchestrator):
         return f"exited with code {proc.returncode} while starting: {_tail(record.log_path)}"
 
     def _start_superlink(self, plan: RunPlan, name: str, role: ComponentRole, host: str) -> tuple[ComponentRecord, str]:
-        port, address = free_port(), self._address(host)
-        names = LOOPBACK_NAMES if address == "127.0.0.1" else (address,)
+        if self._network is None:
+            place = place_on_this_machine(plan, host, free_port)
+        else:  # its namespace's address; the others dial that address, the certificate also holds a placed name
+            machine, port = self._machine(plan, host), plan.placed_at(host)[1] or free_port()
+            address = self._network.address(machine)
+            place = SuperLinkPlace(address, address, port, tuple(dict.fromkeys([address, machine])))
         record = self._spawn(
             plan,
             ComponentRecord(name=name, role=role, log_path=plan.logs_dir / f"{name}.log"),
-            self._on_host(host, [str(plan.python.parent / "flower-superlink"), *self.security.superlink_args(name, names),
-                                 "--disable-runtime-dependency-installation", "--host", address, "--port", str(port)]),
+            self._on_host(plan, host, [str(plan.python.parent / "flower-superlink"),
+                                       *self.security.superlink_args(name, place.names),
+                                       "--disable-runtime-dependency-installation", "--host", place.listen,
+                                       "--port", str(place.port)]),
         )
-        wait_for_port(port, record, plan.config.startup_timeout_s, lambda: self._exit_reason(record),
-                      lambda: listens(record.pid, port))
-        return record, f"{address}:{port}"
+        wait_for_port(place.port, record, plan.config.startup_timeout_s, lambda: self._exit_reason(record),
+                      lambda: listens(record.pid, place.port))
+        return record, host_port(place.dial, place.port)
 
     def _start_supernode(self, plan: RunPlan, record: ComponentRecord, superlink: str,
                          node_config: dict[str, str | int], host: str) -> ComponentRecord:
@@ -215,7 +240,7 @@ class LocalOrchestrator(Orchestrator):
         if os.environ.get(COLD_LEARNERS_ENV) != "1":
             # One component, one process group: the launcher runs the SuperNode and the run's warm worker.
             argv = [str(plan.python), str(plan.app_dir / "flops_app" / "warm_executor.py"), "--", *argv]
-        self._spawn(plan, record, self._on_host(host, argv))
+        self._spawn(plan, record, self._on_host(plan, host, argv))
         self._pending_ports.append((port, record))
         return record
 

@@ -43,6 +43,31 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return done
 
 
+def placed_address(host: str) -> ipaddress.IPv4Address | None:
+    """HOST as an IPv4 address, or None for a name."""
+    try:
+        return ipaddress.IPv4Address(host)
+    except ValueError:
+        return None
+
+
+def placement_problem(host: str) -> str | None:
+    """Why a topology file's `host:` cannot be a namespace's address here, or None: an IPv6 or loopback address,
+    or an address in a network this machine already routes (traffic to it would leave the run's bridge)."""
+    placed = placed_address(host)
+    if placed is None:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return None  # a name: the namespace gets an address of the run's own /24
+        return "--network namespaces gives hosts IPv4 addresses only"
+    if placed.is_loopback or placed.is_multicast or placed.is_unspecified:
+        return "not an address a host of the run can have"
+    subnet = ipaddress.ip_network(f"{placed}/24", strict=False)
+    clash = next((net for net in _used_networks() if subnet.overlaps(net)), None)
+    return f"its /24 overlaps {clash}, a network this machine routes" if clash else None
+
+
 def _used_networks() -> list[ipaddress.IPv4Network]:
     routes = json.loads(ip("-j", "-4", "route", "show", "table", "all").stdout or "[]")
     used = []
@@ -79,6 +104,8 @@ class NamespaceNetwork:
     tag: str = ""
     subnet: ipaddress.IPv4Network | None = None
     hosts: dict[str, str] = field(default_factory=dict)  # host name -> its address
+    # /24s of addresses a topology file chose (`host: 10.0.0.5`), besides the run's own subnet
+    placed_subnets: list[ipaddress.IPv4Network] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # Interface names have 15 characters at most: a short tag of the run id names the bridge and the veths.
@@ -102,22 +129,45 @@ class NamespaceNetwork:
         ip("link", "set", self.bridge, "up")
 
     def address(self, host: str) -> str:
-        """The address of HOST, creating its namespace and link on first use."""
+        """The address of HOST, creating its namespace and link on first use. A HOST that is an IPv4 address (a
+        topology file's `host: 10.0.0.5`) gets exactly that address; any other name the next one of the run's /24."""
         if host in self.hosts:
             return self.hosts[host]
         if self.subnet is None:
             raise DeployError("--network namespaces: the bridge is not up")
+        placed = placed_address(host)
+        if placed is not None:
+            address, subnet = str(placed), self._reach(placed)
+        else:
+            taken = set(self.hosts.values())
+            address = next(str(a) for a in self.subnet.hosts() if a != self.subnet[1] and str(a) not in taken)
+            subnet = self.subnet
         index = len(self.hosts)
-        address = str(self.subnet[index + 2])
         namespace, veth = self.namespace(host), self._veth(index)
         ip("netns", "add", namespace)
         self.hosts[host] = address
         ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", namespace)
         ip("link", "set", veth, "master", self.bridge, "up")
-        ip("-n", namespace, "addr", "add", f"{address}/{self.subnet.prefixlen}", "dev", "eth0")
+        ip("-n", namespace, "addr", "add", f"{address}/{subnet.prefixlen}", "dev", "eth0")
         ip("-n", namespace, "link", "set", "eth0", "up")
         ip("-n", namespace, "link", "set", "lo", "up")
+        for other in [self.subnet, *self.placed_subnets]:
+            if other != subnet:  # one bridge, one link: every /24 of the run is reached directly on eth0
+                ip("-n", namespace, "route", "add", str(other), "dev", "eth0")
         return address
+
+    def _reach(self, placed: ipaddress.IPv4Address) -> ipaddress.IPv4Network:
+        """The /24 of a placed address, on the bridge and routed from every namespace made so far."""
+        subnet = ipaddress.ip_network(f"{placed}/24", strict=False)
+        if subnet == self.subnet or subnet in self.placed_subnets:
+            return subnet
+        self.placed_subnets.append(subnet)
+        taken = {ipaddress.IPv4Address(a) for a in self.hosts.values()}
+        controller = next(a for a in (subnet[1], subnet[254]) if a != placed and a not in taken)
+        ip("addr", "add", f"{controller}/24", "dev", self.bridge)
+        for host in self.hosts:
+            ip("-n", self.namespace(host), "route", "add", str(subnet), "dev", "eth0")
+        return subnet
 
     def exec_prefix(self, host: str) -> list[str]:
         """argv prefix that runs a command on HOST (same pid: `ip netns exec` execs it)."""
@@ -129,7 +179,7 @@ class NamespaceNetwork:
 
     def settings(self) -> dict[str, str]:
         return {"network": "namespaces", "netns-tag": self.tag, "netns-subnet": str(self.subnet or ""),
-                "netns-hosts": json.dumps(self.hosts)}
+                "netns-hosts": json.dumps(self.hosts), "netns-placed": json.dumps([str(s) for s in self.placed_subnets])}
 
     @classmethod
     def from_settings(cls, run_id: str, settings: dict[str, str]) -> NamespaceNetwork | None:
@@ -138,7 +188,8 @@ class NamespaceNetwork:
         subnet = settings.get("netns-subnet")
         return cls(run_id=run_id, tag=settings["netns-tag"],
                    subnet=ipaddress.ip_network(subnet) if subnet else None,
-                   hosts=json.loads(settings.get("netns-hosts", "{}")))
+                   hosts=json.loads(settings.get("netns-hosts", "{}")),
+                   placed_subnets=[ipaddress.ip_network(s) for s in json.loads(settings.get("netns-placed", "[]"))])
 
     def teardown(self) -> None:
         """Remove every namespace named for this run, recorded or half-made, and the bridge (their veth pairs go

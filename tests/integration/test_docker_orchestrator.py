@@ -77,6 +77,14 @@ def test_a_flat_federation_trains_in_containers_and_stop_removes_them(
         commands = {c.labels[COMPONENT_LABEL]: c.attrs["Config"]["Cmd"] for c in containers}
         assert "--enable-supernode-auth" in commands["superlink"] and "--insecure" not in commands["superlink"]
         assert "--auth-supernode-private-key" in commands["learner-0"]
+        # No shared run folder: each container gets its host's own folder and the credential files its command
+        # names, read-only; never another component's key.
+        mounts = {c.labels[COMPONENT_LABEL]: {m["Destination"]: m["RW"] for m in c.attrs["Mounts"]} for c in containers}
+        for name, mounted in mounts.items():
+            host = "root" if name == "superlink" else name
+            assert mounted.pop(str(plan.host_dir(host))) is True, (name, mounted)
+            assert all(not rw and path.startswith(str(plan.run_dir / "credentials")) for path, rw in mounted.items())
+            assert all(f"/{other}/" not in path for other in mounts if other != name for path in mounted), mounted
         control = FlowerControl(deployment.control_address, deployment.ca_cert)
         try:
             flower_run = control.start_run(plan.app_dir, {**root_overrides(plan, deployment.root_state_dir),

@@ -107,6 +107,12 @@ def test_a_flat_run_across_namespaces_over_tls_with_a_shaped_link(tmp_path: Path
     with np.load(Path(final["run_dir"]) / "output" / "final_model.npz") as npz:
         np.testing.assert_allclose(npz["arr_0"], _initial_weights() + ROUNDS * STEP, rtol=1e-6)
 
+    # Nothing shared between hosts: the controller's record of the root's events and its copy of the model came
+    # over the root's Control API (log stream); the root's host folder keeps the checkpoint, which nobody copied.
+    run_dir, root_host = Path(final["run_dir"]), Path(final["run_dir"]) / "hosts" / "root"
+    assert (root_host / "checkpoint.npz").exists() and not (run_dir / "output" / "checkpoint.npz").exists()
+    assert _rounds(run_dir / "output" / "events.jsonl") == _rounds(root_host / "events.jsonl") == list(range(ROUNDS + 1))
+
     # The shaped link carried what Flower sent that learner, and nothing readable.
     assert drops == 0
     wire = capture.payload[shaped_veth]
@@ -117,3 +123,8 @@ def test_a_flat_run_across_namespaces_over_tls_with_a_shaped_link(tmp_path: Path
     needle = _initial_weights()[1000:1016].tobytes()  # what round 1 sends every learner, were it in clear
     assert all(needle not in bytes(payload) for payload in capture.payload.values())
     assert b"\x17\x03\x03" in wire  # TLS application data records
+
+
+def _rounds(events_path: Path) -> list[int]:
+    events = [json.loads(line) for line in events_path.read_text().splitlines()]
+    return [e["round"] for e in events if e["event"] == "round"]

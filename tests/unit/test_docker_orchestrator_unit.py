@@ -47,6 +47,7 @@ def test_a_learner_container_runs_the_image_role_on_the_host_network_with_run_la
     assert started["network_mode"] == "host" and started["detach"] is True
     assert started["labels"] == {RUN_LABEL: "r1", COMPONENT_LABEL: "learner-0"}
     assert started["name"] == "flops-r1-learner-0"
-    # The run directory and an app outside it are mounted at the paths the plan names.
-    assert started["volumes"][str(p.run_dir)]["bind"] == str(p.run_dir)
-    assert started["volumes"][str(p.app_dir)] == {"bind": str(p.app_dir), "mode": "ro"}
+    # Its own host's folder only: not the run directory, not the app (it is in the image).
+    host_dir = str(p.host_dir("learner-0"))
+    assert started["volumes"] == {host_dir: {"bind": host_dir, "mode": "rw"}}
+    assert started["working_dir"] == host_dir

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -208,3 +209,24 @@ def test_resources_in_the_config_take_kubernetes_quantities_only() -> None:
     assert load_config(None, {"resources.learner.limits.memory": "1Gi"}).resources is not None
     with pytest.raises(ConfigError, match="resources.learner.limits.memory"):
         load_config(None, {"resources.learner.limits.memory": "lots"})
+
+
+def test_a_host_in_the_topology_file_pins_the_pod_to_that_node_by_name(tmp_path: Path) -> None:
+    topology = {"root_host": "dc-1", "learners": [{"name": "a", "host": "pi-7"},
+                                                   {"name": "b", "host": "pi-8", "node_selector": {"kubernetes.io/hostname": "pi-9"}}]}
+    pod = {name: d["spec"]["template"]["spec"] for name, d in by_kind(objects_of(make_plan(tmp_path, topology)), "Deployment").items()}
+    assert pod["superlink"]["nodeSelector"] == {"kubernetes.io/hostname": "dc-1"}
+    assert pod["a"]["nodeSelector"] == {"kubernetes.io/hostname": "pi-7"}
+    assert pod["b"]["nodeSelector"] == {"kubernetes.io/hostname": "pi-9"}  # the explicit selector wins
+
+
+@pytest.mark.parametrize(("topology", "field"), [
+    ({"learners": [{"name": "a", "host": "10.0.0.5"}]}, "learners[0].host: 10.0.0.5: --orchestrator kubernetes places pods"),
+    ({"root_port": 9300, "learners": [{"name": "a"}]}, "root_port: --orchestrator kubernetes: a SuperLink is reached"),
+])
+def test_kubernetes_refuses_addresses_and_ports_in_the_topology_file(topology: dict, field: str) -> None:
+    from flops.errors import ConfigError
+    from flops.orchestrators.kubernetes import KubernetesOrchestrator
+
+    with pytest.raises(ConfigError, match="^" + re.escape(f"topology: {field}")):
+        KubernetesOrchestrator.check_placement(Topology.model_validate(topology), "loopback")

@@ -57,3 +57,13 @@ def test_the_renderer_renders_every_template_with_strict_undefined() -> None:
     assert environment().undefined is jinja2.StrictUndefined
     with pytest.raises(jinja2.UndefinedError, match="workdir"):
         render("image/entrypoint.sh.j2", flops_version="0", selfcheck_path="/x")
+
+
+def test_the_generated_app_imports_nothing_of_flops() -> None:
+    """An app image needs nothing of FLOps but the app: the templates import Flower, numpy and their own modules."""
+    app = Path(__file__).resolve().parents[2] / "templates" / "flower_app" / "flops_app"
+    for source in app.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not [n for n in names if n.split(".")[0] in ("flops", "flops_templates", "cli")], (source, names)

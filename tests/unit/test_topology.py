@@ -270,7 +270,7 @@ def test_committed_schema_matches_the_model() -> None:
 
 
 def test_schema_describes_the_model() -> None:
-    assert set(Topology.model_json_schema()["properties"]) == {"root", "clusters", "learners", "assignment"}
+    assert set(Topology.model_json_schema()["properties"]) == {"root", "root_host", "root_port", "clusters", "learners", "assignment"}
 
 
 def test_a_binary_topology_file_is_one_config_error(tmp_path: Path) -> None:
