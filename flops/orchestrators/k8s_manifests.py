@@ -136,7 +136,7 @@ class ManifestBuilder:
             found.append(self._supernode(aggregator, "cluster-aggregator", "superlink", {
                 "cluster-name": cluster.name, "cluster-index": cluster.index,
                 "cluster-size": len(cluster.learners), "cluster-superlink": self.address(link),
-                "cluster-dir": str(plan.host_dir(cluster.dir_name)), "app-dir": str(plan.app_dir),
+                "cluster-dir": str(plan.host_dir(cluster.dir_name)), "app-dir": _image_app_dir(),
             }, placement))
         return found
 
@@ -256,9 +256,6 @@ class ManifestBuilder:
             {"name": "run-dir", "hostPath": {"path": str(plan.run_dir), "type": "Directory"}},
             {"name": "config", "configMap": {"name": object_name(plan.run_id, "config")}},
         ]
-        if not plan.app_dir.resolve().is_relative_to(plan.run_dir.resolve()):
-            container["volumeMounts"].append({"name": "app", "mountPath": str(plan.app_dir), "readOnly": True})
-            volumes.append({"name": "app", "hostPath": {"path": str(plan.app_dir), "type": "Directory"}})
         if self.options.credentials.get(component.name):
             container["volumeMounts"].append({"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True})
             # optional set explicitly: podman 4.3's kube play dereferences it without a nil check.
@@ -289,6 +286,13 @@ class ManifestBuilder:
         if chosen is None:
             return {}
         return {key: dict(value) for key, value in (("requests", chosen.requests), ("limits", chosen.limits)) if value}
+
+
+def _image_app_dir() -> str:
+    """Where the app is inside the run's image: a cluster aggregator starts its local rounds from there."""
+    from flops.app_image import APP_WORKDIR  # the image step's constant; imported late (app_image -> orchestrators)
+
+    return APP_WORKDIR
 
 
 def build_objects(plan: RunPlan, options: ManifestOptions) -> list[dict[str, Any]]:

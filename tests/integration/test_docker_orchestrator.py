@@ -109,8 +109,8 @@ def test_a_flat_federation_trains_in_containers_and_stop_removes_them(
 class SuperLinkWithUnknownRole(DockerOrchestrator):
     """Starts the SuperLink container with a role the entrypoint rejects (exit 2): a component dying at start."""
 
-    def _run(self, plan, record, role, args):  # type: ignore[no-untyped-def]
-        return super()._run(plan, record, "no-such-role" if record.name == "superlink" else role, args)
+    def _run(self, plan, record, role, args, host):  # type: ignore[no-untyped-def]
+        return super()._run(plan, record, "no-such-role" if record.name == "superlink" else role, args, host)
 
 
 def test_a_component_that_dies_at_start_is_reported_and_nothing_is_left(

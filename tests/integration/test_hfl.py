@@ -50,19 +50,38 @@ BYTES_PER_GLOBAL_ROUND = 2 * 2 * MODEL_BYTES + 2 * (2 * LOCAL_ROUNDS * MODEL_BYT
 COMM_BUDGET = 1.5 * BYTES_PER_GLOBAL_ROUND / 1e6  # one global round fits, a second would not
 
 EXACT_TOPOLOGY = """\
-    # Two clusters placed by hand; learners[i] trains on partition i of 4.
+    # Two clusters placed by hand; learners[i] trains on partition i of 4. The root at an address and port of
+    # the file's choosing, cluster a's gateway by name with its SuperLink's port, learners 0 and 1 on one box;
+    # the rest where FLOps puts them.
     assignment: manual
+    root_host: {root_host}
+    root_port: 9300
     clusters:
       - name: a
+        host: gateway-a
+        port: 9301
         learners: [learner-0, learner-1]
       - name: b
         learners: [learner-2, learner-3]
     learners:
       - name: learner-0
+        host: edge-box
       - name: learner-1
+        host: edge-box
       - name: learner-2
       - name: learner-3
 """
+
+
+def _free_root_address() -> str:
+    """An address in a /24 this machine does not route (what --network namespaces accepts for a placed host)."""
+    import ipaddress
+
+    from flops.orchestrators.netns import _used_networks
+
+    free = next(net for net in ipaddress.ip_network("10.250.0.0/16").subnets(new_prefix=24)
+                if not any(net.overlaps(used) for used in _used_networks()))
+    return str(free[10])
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +89,7 @@ def exact_run(tmp_path_factory: pytest.TempPathFactory) -> SubmittedRun:
     base = tmp_path_factory.mktemp("hfl-exact")
     repo = git_repo_of(FIXTURES_DIR / "hfl_exact_task", base / "hfl-exact-task")
     topology = base / "two-clusters.yaml"
-    topology.write_text(textwrap.dedent(EXACT_TOPOLOGY))
+    topology.write_text(textwrap.dedent(EXACT_TOPOLOGY).format(root_host=_free_root_address()))
     workdir = base / "work"
     result = run_flops(
         "submit", repo.as_uri(), "--topology", str(topology), "--rounds", str(GLOBAL_ROUNDS),
@@ -108,10 +127,19 @@ def test_each_host_had_its_own_address_and_nothing_of_the_network_is_left(exact_
     state = run_state(exact_run.workdir, exact_run.summary["run_id"])
     deployment = state["deployment"]
     hosts = json.loads(deployment["settings"]["netns-hosts"])
-    # The root, each cluster's gateway (its SuperLink and its aggregator) and each learner.
-    assert sorted(hosts) == ["cluster-0", "cluster-1", "learner-0", "learner-1", "learner-2", "learner-3", "root"]
+    root_host = json.loads((Path(state["run_dir"]) / "plan.json").read_text())["topology"]["root_host"]
+    # Where the topology file put them: the root at its address, cluster a's gateway by name, learners 0 and 1
+    # on one box; cluster b's gateway and learners 2 and 3 each a host of their own.
+    assert sorted(hosts) == sorted([root_host, "gateway-a", "edge-box", "cluster-1", "learner-2", "learner-3"])
+    assert hosts[root_host] == root_host
     assert len(set(hosts.values())) == len(hosts) and "127.0.0.1" not in hosts.values()
-    assert deployment["control_address"].startswith(hosts["root"] + ":")
+    # What each component dials is what the other was told to listen on.
+    assert deployment["control_address"] == f"{root_host}:9300"
+    components = {c["name"]: c for c in deployment["components"]}
+    assert f"{hosts['gateway-a']}:9301" in " ".join(components["cluster-0-aggregator"]["argv"])
+    learner_0 = components["learner-0"]["argv"]
+    assert learner_0[learner_0.index("--superlink") + 1] == f"{hosts['gateway-a']}:9301"
+    assert learner_0[learner_0.index("netns") + 2] == components["learner-1"]["argv"][learner_0.index("netns") + 2]
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"flops-{deployment['settings']['netns-tag']}-" not in listed
 

@@ -143,6 +143,8 @@ def test_hierarchy_places_each_cluster_superlink_beside_its_aggregator(tmp_path:
     node_config = aggregator[aggregator.index("--node-config") + 1]
     cluster_service = services["cluster-0-superlink"]["metadata"]["name"]
     assert f'cluster-superlink="{cluster_service}.default.svc:9092"' in node_config
+    assert 'app-dir="/app"' in node_config  # the app in the image, not a folder of the controller's machine
+    assert all(v["name"] != "app" for p in pod.values() for v in p["volumes"])
     learner_a = pod["a"]["containers"][0]
     assert learner_a["args"][learner_a["args"].index("--superlink") + 1] == f"{cluster_service}.default.svc:9092"
     assert learner_a["resources"] == {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
