@@ -2,7 +2,7 @@
 
 The CLI is started here; the run's event log (output/events.jsonl) is watched for the first round >= 1, and the
 state file for the moment the controller starts the Flower run (deployment done). Container orchestrators get
---image (an image already in the registry), so no build is timed.
+--image (an image already in the registry), so no build is timed. Every run is --insecure (see first_round).
 
     python bench/first_round.py --image REF [--orchestrators local podman-kube] [--repeat 2]
     (podman-kube needs CONTAINERS_CONF naming a containers.conf with runtime runc on Debian's podman 4.3)
@@ -26,6 +26,9 @@ def first_round(source: str, workdir: Path, orchestrator: str, image: str | None
     """(seconds to the Flower run starting, seconds to the first round's event) of one submit."""
     argv = [str(FLOPS_CLI), "submit", source, "--workdir", str(workdir), "--json", "--learners", str(learners),
             "--rounds", "2", "--orchestrator", orchestrator, *(["--image", image] if image else []),
+            # Kubernetes runs do not carry the run's TLS material yet: every orchestrator runs --insecure here, so
+            # the figures compare like with like (TLS itself costs ~nothing per round, see the TLS section).
+            "--insecure",
             *(["--config", config] if config else [])]
     before = set(workdir.glob("runs/*"))
     start = time.perf_counter()
