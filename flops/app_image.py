@@ -36,11 +36,6 @@ ENTRYPOINT_PATH = "/opt/flops/entrypoint.sh"
 SELFCHECK_PATH = "/opt/flops/selfcheck.py"
 APP_WORKDIR = "/app"
 ROLES = ("learner", "cluster-aggregator", "cluster-superlink", "root-aggregator", "selfcheck")
-# A cluster aggregator's ClientApp drives its cluster's SuperLink with FLOps' Control API client: these
-# dependency-free (flwr aside) modules of flops/ go into the image, on PYTHONPATH after the dependencies.
-FLOPS_PYTHON_DIR = "/opt/flops/python"
-CLUSTER_AGGREGATOR_MODULES = ("__init__.py", "errors.py", "flower_control.py")
-FLOPS_PACKAGE_DIR = Path(__file__).resolve().parent
 # Every image FLOps builds runs as this user (numeric: the base image needs no passwd entry for it). The Docker
 # orchestrator hands it the run directory it mounts.
 IMAGE_UID = 10001
@@ -59,14 +54,9 @@ def render_image_template(name: str, **context: Any) -> str:
 
 def runtime_files(workdir: str = APP_WORKDIR) -> dict[str, str]:
     context = {"flops_version": flops_version, "workdir": workdir, "selfcheck_path": SELFCHECK_PATH}
-    modules = {
-        f"{FLOPS_PYTHON_DIR}/flops/{name}": (FLOPS_PACKAGE_DIR / name).read_text()
-        for name in CLUSTER_AGGREGATOR_MODULES
-    }
     return {
         ENTRYPOINT_PATH: render_image_template("entrypoint.sh.j2", **context),
         SELFCHECK_PATH: render_image_template("selfcheck.py.j2", **context),
-        **modules,
     }
 
 
@@ -96,7 +86,7 @@ def flower_app_spec(
         entrypoint=[ENTRYPOINT_PATH],
         cmd=["selfcheck"],
         runtime_files=runtime_files(APP_WORKDIR),
-        env={"FLWR_HOME": IMAGE_FLWR_HOME, "PYTHONUNBUFFERED": "1", "PYTHONPATH": f"{DEPS_DIR}:{FLOPS_PYTHON_DIR}",
+        env={"FLWR_HOME": IMAGE_FLWR_HOME, "PYTHONUNBUFFERED": "1", "PYTHONPATH": DEPS_DIR,
              **NON_ROOT_ENV},
         workdir=APP_WORKDIR,
         user=IMAGE_USER,

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flops_templates.flower_app.flops_app.events import EVENT_PREFIX  # how the aggregators print an event
 
 from flops.plan import RunPlan
 from flops.runstate import RunState
 
 
-EVENT_PREFIX = "[flops] "  # how the aggregators' templates print an event (flops_app/events.py)
 # Files the root aggregator sends through its log: the final model and what the model is logged with.
 DELIVERED_FILES = {"final_model.npz", "input_example.npy", "root-aggregator-traceback.log"}
 

@@ -88,7 +88,7 @@ def test_amd64_selfcheck_imports_task_builds_net_and_loads_the_flower_app(
     assert report["machine"] == "x86_64" and report["python"].startswith("3.11")
     assert report["flwr"].startswith("1.42") and report["net_parameters"] == 58
     assert report["components"] == {"serverapp": "ServerApp", "clientapp": "ClientApp"}
-    assert report["cluster_control"] == "flops.flower_control"  # what a cluster aggregator container imports
+    assert report["cluster_control"] == "flops_app.control"  # the app's own client: the image holds nothing of FLOps
 
 
 def test_arm64_image_selfcheck_prints_aarch64_under_qemu(multiarch: tuple[BuildSpec, BuildResult]) -> None:
