@@ -1,0 +1,1 @@
+../../../../../templates/flower_app/flops_app/control.py
