@@ -80,7 +80,7 @@ def test_a_killed_cluster_aggregator_is_restarted_and_the_run_finishes(exact_rep
                                     "the run to train with cluster-0-aggregator up")
         run_id = state["run_id"]
         # Mid-round: the aggregator has taken global round 1 and is running its cluster's local rounds.
-        wait_for(lambda: (Path(state["run_dir"]) / "output" / "cluster-0" / "round-1").is_dir(), 300,
+        wait_for(lambda: (Path(state["run_dir"]) / "hosts" / "cluster-0" / "round-1").is_dir(), 300,
                  "cluster-0 to start its first global round")
         os.killpg(component["pid"], signal.SIGKILL)
         stdout, stderr = proc.communicate(timeout=1800)
