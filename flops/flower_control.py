@@ -122,5 +122,6 @@ class RunLog:
                 return found
 
     def close(self) -> None:
+        """Stop following. The reading thread is left to end by itself (its daemon thread ends with the stream or
+        the process): closing its connection from here blocks while a stream is open, which hung a stopped run."""
         self._closed.set()
-        self._control.close()
