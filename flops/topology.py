@@ -26,6 +26,15 @@ Cost = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 
+def is_ip_address(host: str) -> bool:
+    """Whether a `host:` value is an IP address (v4 or v6), not a name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _host(value: str) -> str:
     try:
         return str(ipaddress.ip_address(value))

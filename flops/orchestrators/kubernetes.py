@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 import time
@@ -24,7 +23,7 @@ from flops.orchestrators.k8s_manifests import (
     write_manifests,
 )
 from flops.plan import RunPlan
-from flops.topology import Topology
+from flops.topology import Topology, is_ip_address
 
 # A container waiting for one of these will not start by itself: the run fails instead of waiting it out.
 STUCK_REASONS = frozenset({"CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "InvalidImageName",
@@ -93,14 +92,6 @@ def _role(role: str) -> ComponentRole:
             "cluster-aggregator": "cluster-aggregator"}.get(role, "learner")  # type: ignore[return-value]
 
 
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 class KubernetesOrchestrator(Orchestrator):
     """Applies the run's objects at once, waits for the root SuperLink to be ready, watches pods by label.
 
@@ -119,7 +110,7 @@ class KubernetesOrchestrator(Orchestrator):
         """A `host:` names the Kubernetes node a pod runs on (kubernetes.io/hostname); nodes are not addressed, and
         a SuperLink is reached through its Service's port."""
         for field, host in topology.placed_hosts():
-            if _is_address(host):
+            if is_ip_address(host):
                 raise topology.config_error(field, f"{host}: --orchestrator {cls.name} places pods on nodes by name "
                                             "(kubernetes.io/hostname), not by address")
         for field in topology.placed_ports():

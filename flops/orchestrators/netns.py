@@ -17,6 +17,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from flops.errors import ConfigError, DeployError
+from flops.topology import is_ip_address
 
 MODES = ("loopback", "namespaces")
 # /24 subnets are drawn from here; one that overlaps a route of this machine is skipped.
@@ -55,12 +56,8 @@ def placement_problem(host: str) -> str | None:
     """Why a topology file's `host:` cannot be a namespace's address here, or None: an IPv6 or loopback address,
     or an address in a network this machine already routes (traffic to it would leave the run's bridge)."""
     placed = placed_address(host)
-    if placed is None:
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            return None  # a name: the namespace gets an address of the run's own /24
-        return "--network namespaces gives hosts IPv4 addresses only"
+    if placed is None:  # a name gets an address of the run's own /24
+        return "--network namespaces gives hosts IPv4 addresses only" if is_ip_address(host) else None
     if placed.is_loopback or placed.is_multicast or placed.is_unspecified:
         return "not an address a host of the run can have"
     subnet = ipaddress.ip_network(f"{placed}/24", strict=False)
