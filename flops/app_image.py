@@ -42,6 +42,9 @@ IMAGE_UID = 10001
 IMAGE_USER = f"{IMAGE_UID}:{IMAGE_UID}"
 # Flower's home when no orchestrator sets FLWR_HOME: owned by IMAGE_USER.
 IMAGE_FLWR_HOME = "/var/lib/flops/flwr"
+# A folder of the component's own (the root's checkpoint, a cluster gateway's hand-over), owned by IMAGE_USER: an
+# orchestrator mounts a volume here (an emptyDir in Kubernetes pods) and it stays writable for that user.
+IMAGE_STATE_DIR = "/var/lib/flops/state"
 # The non-root user cannot write __pycache__ next to the root-owned dependencies: without a writable prefix every
 # process (Flower starts one per message) would compile torch's Python files again at import.
 NON_ROOT_ENV = {"HOME": "/tmp", "PYTHONPYCACHEPREFIX": "/tmp/flops-pycache"}
@@ -90,7 +93,7 @@ def flower_app_spec(
              **NON_ROOT_ENV},
         workdir=APP_WORKDIR,
         user=IMAGE_USER,
-        writable_dirs=[IMAGE_FLWR_HOME],
+        writable_dirs=[IMAGE_FLWR_HOME, IMAGE_STATE_DIR],
         labels=labels,
         **build_options,
     )

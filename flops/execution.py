@@ -92,7 +92,7 @@ def execute_run(plan: RunPlan, progress: Progress | None = None, resume: bool = 
                 # Always reached, so a tracking failure never leaves the run record RUNNING.
                 # A round is reported only once its checkpoint is on the root's host.
                 state.update(status=status, message=message, phase="done", ended_at=time.time(),
-                             resumable=status != "FINISHED" and state.rounds_completed > 0)
+                             resumable=status != "FINISHED" and state.can_resume())
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     progress.phase(state)
@@ -227,10 +227,9 @@ def _restart_dead(plan: RunPlan, state: RunState, orchestrator: Any, deployment:
         if alive:
             continue
         if name == "superlink":
-            raise RunFailedError(
-                f"the root SuperLink died (log: {orchestrator.logs(deployment, name)}); rounds done are kept in "
-                f"checkpoints: continue with `flops resume {plan.run_id}`"
-            )
+            kept = (f"rounds done are kept in checkpoints: continue with `flops resume {plan.run_id}`"
+                    if deployment.checkpoint_kept else "its checkpoint went with its pod")
+            raise RunFailedError(f"the root SuperLink died (log: {orchestrator.logs(deployment, name)}); {kept}")
         try:
             # An authenticated SuperNode restarts under a freshly registered key (see LinkSecurity.renew_identity).
             # Refused every time: say why.
@@ -250,6 +249,9 @@ def prepare_resume(workdir: Path, run_id: str) -> RunPlan:
         raise BadInputError(f"run {run_id} already finished (model: {state.model_uri})")
     if state.rounds_completed == 0:
         raise BadInputError(f"run {run_id} has no checkpoint: no round completed")
+    if not state.can_resume():
+        raise BadInputError(f"run {run_id} cannot be resumed: its root's checkpoint lived in the root's pod "
+                            f"(--orchestrator {plan.orchestrator}) and went with it")
     if state.status not in TERMINAL:
         stop_run(workdir, run_id)  # a controller still around: stop it and whatever it started first
     return plan
@@ -283,4 +285,4 @@ def stop_run(workdir: Path, run_id: str, wait_s: float = 30.0) -> RunState:
         except Exception:  # noqa: BLE001 - the store may be unreachable; the run record still says STOPPED
             pass
     return state.update(status="STOPPED", phase="done", message="stopped by request", ended_at=time.time(),
-                        resumable=state.rounds_completed > 0)
+                        resumable=state.can_resume())

@@ -76,6 +76,11 @@ class RunState(BaseModel):
         end = self.ended_at if self.ended_at is not None else time.time()
         return max(0.0, end - self.started_at) if self.started_at else 0.0
 
+    def can_resume(self) -> bool:
+        """A round completed (a round is reported once its checkpoint is on the root's host) and that checkpoint
+        outlives the run's components."""
+        return self.rounds_completed > 0 and (self.deployment is None or self.deployment.checkpoint_kept)
+
     def summary(self) -> dict[str, Any]:
         """The --json result object: strict JSON (a non-finite number is null)."""
         return strict_json({
@@ -190,7 +195,7 @@ def observed_state(workdir: Path, run_id: str) -> RunState:
         from flops.plan import RunPlan
 
         orchestrator_for(RunPlan.load(state.run_dir)).stop(state.deployment)
-    resumable = state.rounds_completed > 0  # a round is reported once its checkpoint is on the root's host
+    resumable = state.can_resume()
     hint = f"; continue it with `flops resume {run_id}`" if resumable else ""
     return state.update(status="FAILED", phase="done", ended_at=time.time(), resumable=resumable,
                         message=f"the controller (pid {state.controller_pid}) died during '{state.phase}'{hint}")

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from flops.credentials import LOOPBACK_NAMES
 from flops.errors import DeployError
 from flops.orchestrators.link_security import LinkSecurity
-from flops.plan import LearnerSpec, RunPlan
+from flops.plan import ClusterSpec, LearnerSpec, RunPlan
 from flops.topology import Topology
 
 ComponentRole = Literal["superlink", "root-aggregator", "cluster-aggregator", "learner"]
@@ -44,9 +44,26 @@ class Deployment(BaseModel):
     control_address: str  # host:port of the root SuperLink's Control API
     ca_cert: Path | None = None  # the run's CA, to reach the Control API over TLS; None: an --insecure run
     root_state_dir: str = ""  # the root host's folder for its checkpoint and events (a path on that host)
+    # The root's checkpoint outlives the run's components (a host folder), so `flops resume` can start from it;
+    # False where it lives and dies with the root's pod (Kubernetes' emptyDir).
+    checkpoint_kept: bool = True
     node_ids: dict[str, int] = {}  # SuperNodes FLOps registered with the root SuperLink: name -> Flower node id
     components: list[ComponentRecord] = []
     settings: dict[str, str] = {}  # orchestrator-specific, e.g. kubernetes: namespace and context
+
+
+def aggregator_node_config(cluster: ClusterSpec, superlink: str, cluster_dir: str, app_dir: str,
+                           superlink_ca: str) -> dict[str, str | int]:
+    """What a cluster aggregator is told at start (its node config), whatever starts it: its cluster, where its
+    cluster's SuperLink is and the CA that signed it ("" for --insecure), its folder for the per-round hand-over,
+    and the app it starts the cluster's rounds from."""
+    return {
+        "cluster-name": cluster.name, "cluster-index": cluster.index, "cluster-size": len(cluster.learners),
+        "cluster-superlink": superlink, "cluster-dir": cluster_dir, "app-dir": app_dir,
+        # "id=name,..." not JSON: Flower's --node-config parser cuts values at inner quotes.
+        "cluster-members": ",".join(f"{l.partition_id}={l.name}" for l in cluster.learners),
+        "cluster-superlink-ca": superlink_ca,
+    }
 
 
 def node_config_text(node_config: dict[str, str | int]) -> str:
@@ -176,14 +193,9 @@ class Orchestrator(ABC):
                 deployment.components += self._start_learners(plan, cluster.learners, link_address)
                 aggregator = ComponentRecord(name=f"{cluster.dir_name}-aggregator", role="cluster-aggregator",
                                              log_path=plan.logs_dir / f"{cluster.dir_name}-aggregator.log")
-                deployment.components.append(self._start_supernode(plan, aggregator, root_address, {
-                    "cluster-name": cluster.name, "cluster-index": cluster.index,
-                    "cluster-size": len(cluster.learners), "cluster-superlink": link_address,
-                    "cluster-dir": self._host_dir(plan, cluster.dir_name), "app-dir": self._app_dir(plan),
-                    # "id=name,..." not JSON: Flower's --node-config parser cuts values at inner quotes.
-                    "cluster-members": ",".join(f"{l.partition_id}={l.name}" for l in cluster.learners),
-                    "cluster-superlink-ca": str(self.security.ca_cert or ""),
-                }, host=cluster.dir_name))
+                deployment.components.append(self._start_supernode(plan, aggregator, root_address, aggregator_node_config(
+                    cluster, link_address, self._host_dir(plan, cluster.dir_name), self._app_dir(plan),
+                    str(self.security.ca_cert or "")), host=cluster.dir_name))
             self._after_supernodes_started(plan)
             deployment.settings.update(self._settings())
             records = {c.name: c for c in deployment.components}

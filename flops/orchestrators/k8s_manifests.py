@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from flops.app_image import APP_WORKDIR, IMAGE_STATE_DIR, IMAGE_UID
 from flops.config import ResourceRequirements
 from flops.flower_run_config import root_overrides
 from flops.orchestrators.base import node_config_text
@@ -25,6 +26,10 @@ SUPERLINK_PORT = 9092  # Fleet, Control and Runtime APIs share one port in Flowe
 SUPERNODE_PORT = 9094  # a SuperNode's ClientAppIo API, inside its own pod
 CREDENTIALS_DIR = "/etc/flops/credentials"
 CONFIG_DIR = "/etc/flops/config"
+# A pod's own folder (an emptyDir): the root's checkpoint; in a cluster's gateway pod, the per-round hand-over
+# between its SuperLink's ServerApp and its aggregator. The image makes it the non-root user's, so the emptyDir
+# is writable on runtimes that copy a mount point's owner (podman) as on those that make it 0777 (kubelet).
+STATE_DIR = IMAGE_STATE_DIR
 # component name -> {file name: contents}; the lead's per-run TLS material and SuperNode keys go here.
 Credentials = Mapping[str, Mapping[str, bytes]]
 
@@ -46,14 +51,29 @@ class ManifestOptions:
 
 @dataclass
 class Component:
-    """One Deployment: a SuperLink (with a Service) or a SuperNode (learner or cluster aggregator)."""
+    """One container: a SuperLink (with a Service) or a SuperNode (learner or cluster aggregator)."""
 
     name: str  # FLOps' component name, as in the run state: superlink, learner-0, cluster-0-superlink, ...
     role: str  # the image's first argument: root-aggregator, cluster-superlink, learner, cluster-aggregator
     args: list[str]
     port: int
     superlink: bool
+
+    @property
+    def container(self) -> str:
+        return container_name(self.name)
+
+
+@dataclass
+class Workload:
+    """One Deployment and its pod: a component alone, or a cluster's gateway (its SuperLink and its aggregator,
+    two containers sharing the pod's folder for the per-round hand-over)."""
+
+    name: str  # superlink, learner-0, cluster-0-gateway
+    role: str  # app.kubernetes.io/component: root-aggregator, learner, cluster-gateway
+    components: list[Component]
     placement: Placement | None = None
+    keeps_state: bool = False  # gets STATE_DIR (an emptyDir)
 
 
 def object_name(run_id: str, component: str) -> str:
@@ -63,6 +83,14 @@ def object_name(run_id: str, component: str) -> str:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
     return f"{name[:54].rstrip('-')}-{digest}"
+
+
+def container_name(component: str) -> str:
+    """A DNS-1123 label naming a component's container (topology names may hold capitals, '_' or '.')."""
+    name = re.sub(r"[^a-z0-9-]+", "-", component.lower()).strip("-")
+    if len(name) <= 63:
+        return name
+    return f"{name[:54].rstrip('-')}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def component_ports(plan: RunPlan, free_port: Any) -> dict[str, int]:
@@ -122,56 +150,65 @@ class ManifestBuilder:
             raise ValueError(f"host_network needs a port for every component; none for '{component}'") from None
 
     def components(self) -> list[Component]:
+        """Every component (container) of the run, in the order of its workloads."""
+        return [component for workload in self.workloads() for component in workload.components]
+
+    def workloads(self) -> list[Workload]:
         plan = self.plan
-        found = [self._superlink("superlink", "root-aggregator", self._placement(plan.topology.root if plan.topology else ""))]
+        found = [Workload("superlink", "root-aggregator", [self._superlink("superlink", "root-aggregator")],
+                          self._placement(plan.topology.root if plan.topology else ""), keeps_state=True)]
         if not plan.hierarchical:
             found += [self._learner(learner.name, learner.partition_id, learner.num_partitions, "superlink")
                       for learner in plan.learners]
         for cluster in plan.clusters:
             link = f"{cluster.dir_name}-superlink"
-            placement = self._placement(cluster.name)
-            found.append(self._superlink(link, "cluster-superlink", placement))
-            found += [self._learner(l.name, l.partition_id, l.num_partitions, link) for l in cluster.learners]
-            aggregator = f"{cluster.dir_name}-aggregator"
-            found.append(self._supernode(aggregator, "cluster-aggregator", "superlink", {
+            aggregator = self._supernode(f"{cluster.dir_name}-aggregator", "cluster-aggregator", "superlink", {
                 "cluster-name": cluster.name, "cluster-index": cluster.index,
-                "cluster-size": len(cluster.learners), "cluster-superlink": self.address(link),
-                "cluster-dir": str(plan.host_dir(cluster.dir_name)), "app-dir": _image_app_dir(),
-            }, placement))
+                "cluster-size": len(cluster.learners), "cluster-superlink": self._gateway_address(link),
+                "cluster-dir": STATE_DIR, "app-dir": APP_WORKDIR,
+            })
+            found.append(Workload(f"{cluster.dir_name}-gateway", "cluster-gateway",
+                                  [self._superlink(link, "cluster-superlink"), aggregator],
+                                  self._placement(cluster.name), keeps_state=True))
+            found += [self._learner(l.name, l.partition_id, l.num_partitions, link) for l in cluster.learners]
         return found
+
+    def _gateway_address(self, superlink: str) -> str:
+        """The aggregator dials its cluster's SuperLink inside their shared pod: loopback, no Service hop."""
+        port = self._port(superlink) if self.options.host_network else SUPERLINK_PORT
+        return f"127.0.0.1:{port}"
 
     def _placement(self, node_name: str) -> Placement | None:
         topology = self.plan.topology
         return topology.placement_of(node_name) if topology is not None else None
 
-    def _superlink(self, name: str, role: str, placement: Placement | None = None) -> Component:
+    def _superlink(self, name: str, role: str) -> Component:
         port = self._port(name) if self.options.host_network else SUPERLINK_PORT
         host = "127.0.0.1" if self.options.host_network else "0.0.0.0"
-        return Component(name, role, ["--host", host, "--port", str(port)], port, True, placement)
+        return Component(name, role, ["--host", host, "--port", str(port)], port, True)
 
-    def _learner(self, name: str, partition_id: int, num_partitions: int, superlink: str) -> Component:
+    def _learner(self, name: str, partition_id: int, num_partitions: int, superlink: str) -> Workload:
         config = {"partition-id": partition_id, "num-partitions": num_partitions}
-        return self._supernode(name, "learner", superlink, config, self._placement(name))
+        return Workload(name, "learner", [self._supernode(name, "learner", superlink, config)], self._placement(name))
 
-    def _supernode(self, name: str, role: str, superlink: str, node_config: dict[str, str | int],
-                   placement: Placement | None) -> Component:
+    def _supernode(self, name: str, role: str, superlink: str, node_config: dict[str, str | int]) -> Component:
         port = self._port(name)
         # No retry bound here (unlike the local orchestrator): a SuperNode rescheduled before its SuperLink
         # is ready keeps trying, and the Deployment restarts one that gives up.
         args = ["--superlink", self.address(superlink), "--port", str(port),
                 "--node-config", node_config_text(node_config)]
-        return Component(name, role, args, port, False, placement)
+        return Component(name, role, args, port, False)
 
     # --- objects ---
 
     def objects(self) -> list[dict[str, Any]]:
         """Every object of the run, in the order they are created: ConfigMaps, Secrets, Services, Deployments."""
-        components = self.components()
+        workloads = self.workloads()
         objects: list[dict[str, Any]] = self.config_maps()
-        objects += [self.secret(c) for c in components if self.options.credentials.get(c.name)]
+        objects += [self.secret(c) for w in workloads for c in w.components if self.options.credentials.get(c.name)]
         if not self.options.host_network:
-            objects += [self.service(c) for c in components if c.superlink]
-        objects += [self.deployment(c) for c in components]
+            objects += [self.service(w, c) for w in workloads for c in w.components if c.superlink]
+        objects += [self.deployment(w) for w in workloads]
         return objects
 
     def _metadata(self, name: str, component: str, role: str) -> dict[str, Any]:
@@ -182,16 +219,13 @@ class ManifestBuilder:
         """The run's environment (envFrom) and its plan and Flower run config (files under /etc/flops/config)."""
         plan = self.plan
         env = {
-            "FLWR_HOME": str(plan.run_dir / "flwr_home"),
             "FLOPS_RUN_ID": plan.run_id,
             "PYTHONUNBUFFERED": "1",
             # Flower's SuperExec looks for tasks once a second by default: latency at each hop of a round.
             "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
-            # The image holds no bytecode: the first component to import a module compiles it for the others.
-            "PYTHONPYCACHEPREFIX": str(plan.run_dir / "pycache"),
         }
         files = {"plan.json": plan.model_dump_json(indent=2),
-                 "run-config.json": json.dumps(root_overrides(plan, str(plan.host_dir("root"))), indent=2, sort_keys=True)}
+                 "run-config.json": json.dumps(root_overrides(plan, STATE_DIR), indent=2, sort_keys=True)}
         return [{"apiVersion": "v1", "kind": "ConfigMap",
                  "metadata": self._metadata(object_name(plan.run_id, part), part, "config"), "data": data}
                 for part, data in (("env", env), ("config", files))]
@@ -199,47 +233,82 @@ class ManifestBuilder:
     def secret(self, component: Component) -> dict[str, Any]:
         files = self.options.credentials[component.name]
         return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                "metadata": self._metadata(object_name(self.plan.run_id, f"{component.name}-credentials"),
-                                           component.name, component.role),
+                "metadata": self._metadata(self._secret_name(component), component.name, component.role),
                 "data": {name: base64.b64encode(content).decode() for name, content in sorted(files.items())}}
 
-    def service(self, component: Component) -> dict[str, Any]:
+    def _secret_name(self, component: Component) -> str:
+        return object_name(self.plan.run_id, f"{component.name}-credentials")
+
+    def service(self, workload: Workload, component: Component) -> dict[str, Any]:
+        """A SuperLink's Service, named after the SuperLink, selecting the pod it runs in."""
         name = object_name(self.plan.run_id, component.name)
         return {"apiVersion": "v1", "kind": "Service",
                 "metadata": self._metadata(name, component.name, component.role),
-                "spec": {"type": "ClusterIP", "selector": self._selector(component),
+                "spec": {"type": "ClusterIP", "selector": self._selector(workload),
                          "ports": [{"name": "flower", "port": SUPERLINK_PORT, "targetPort": "flower", "protocol": "TCP"}]}}
 
-    def _selector(self, component: Component) -> dict[str, str]:
-        all_labels = labels(self.plan.run_id, component.name, component.role)
+    def _selector(self, workload: Workload) -> dict[str, str]:
+        all_labels = labels(self.plan.run_id, workload.name, workload.role)
         return {RUN_LABEL: all_labels[RUN_LABEL], COMPONENT_LABEL: all_labels[COMPONENT_LABEL]}
 
-    def deployment(self, component: Component) -> dict[str, Any]:
-        name = object_name(self.plan.run_id, component.name)
-        pod_labels = labels(self.plan.run_id, component.name, component.role)
+    def deployment(self, workload: Workload) -> dict[str, Any]:
+        name = object_name(self.plan.run_id, workload.name)
+        pod_labels = labels(self.plan.run_id, workload.name, workload.role)
         return {
             "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": self._metadata(name, component.name, component.role),
+            "metadata": self._metadata(name, workload.name, workload.role),
             "spec": {
                 "replicas": 1,
                 # One identity per component: the old pod is gone before its replacement joins the federation.
                 "strategy": {"type": "Recreate"},
                 "revisionHistoryLimit": 1,
-                "selector": {"matchLabels": self._selector(component)},
-                "template": {"metadata": {"labels": pod_labels}, "spec": self._pod_spec(component)},
+                "selector": {"matchLabels": self._selector(workload)},
+                "template": {"metadata": {"labels": pod_labels}, "spec": self._pod_spec(workload)},
             },
         }
 
-    def _pod_spec(self, component: Component) -> dict[str, Any]:
+    def _pod_spec(self, workload: Workload) -> dict[str, Any]:
         plan = self.plan
-        container: dict[str, Any] = {
-            "name": "flower", "image": self.options.image, "imagePullPolicy": "IfNotPresent",
-            "args": [component.role, *component.args, *self._credential_args(component)],
-            "workingDir": str(plan.run_dir),
-            "envFrom": [{"configMapRef": {"name": object_name(plan.run_id, "env")}}],
-            "volumeMounts": [{"name": "run-dir", "mountPath": str(plan.run_dir)},
-                             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
+        volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": object_name(plan.run_id, "config")}}]
+        if workload.keeps_state:
+            # Lives as long as the pod: a container restarted in place finds it again, a rescheduled pod starts empty.
+            volumes.append({"name": "state", "emptyDir": {}})
+        containers = []
+        for index, component in enumerate(workload.components):
+            container = self._container(component, workload.keeps_state)
+            if self.options.credentials.get(component.name):
+                volume = f"credentials-{index}"  # one per container: a gateway's two components hold different keys
+                container["volumeMounts"].append({"name": volume, "mountPath": CREDENTIALS_DIR, "readOnly": True})
+                # optional set explicitly: podman 4.3's kube play dereferences it without a nil check.
+                volumes.append({"name": volume, "secret": {"secretName": self._secret_name(component),
+                                                           "defaultMode": 0o400, "optional": False}})
+            containers.append(container)
+        spec: dict[str, Any] = {
+            "containers": containers, "volumes": volumes, "restartPolicy": "Always",
+            "terminationGracePeriodSeconds": 10, "enableServiceLinks": False,
+            # The image's own non-root user; fsGroup makes the pod's volumes (and Secret files) its group's.
+            "securityContext": {"runAsNonRoot": True, "runAsUser": IMAGE_UID, "runAsGroup": IMAGE_UID,
+                                "fsGroup": IMAGE_UID},
         }
+        if self.options.host_network:
+            spec["hostNetwork"] = True
+            spec["dnsPolicy"] = "ClusterFirstWithHostNet"
+        if workload.placement is not None:
+            if workload.placement.node_selector:
+                spec["nodeSelector"] = dict(workload.placement.node_selector)
+            if workload.placement.tolerations:
+                spec["tolerations"] = [t.manifest() for t in workload.placement.tolerations]
+        return spec
+
+    def _container(self, component: Component, keeps_state: bool) -> dict[str, Any]:
+        container: dict[str, Any] = {
+            "name": component.container, "image": self.options.image, "imagePullPolicy": "IfNotPresent",
+            "args": [component.role, *component.args, *self._credential_args(component)],
+            "envFrom": [{"configMapRef": {"name": object_name(self.plan.run_id, "env")}}],
+            "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
+        }
+        if keeps_state:
+            container["volumeMounts"].append({"name": "state", "mountPath": STATE_DIR})
         # Only a SuperLink has a port others use. A SuperNode's Runtime API listens on loopback for its own
         # executor (a probe from the kubelet cannot reach it); a SuperNode that fails exits and is restarted.
         if component.superlink:
@@ -251,28 +320,7 @@ class ManifestBuilder:
         resources = self._resources(component)
         if resources:
             container["resources"] = resources
-        volumes: list[dict[str, Any]] = [
-            # The run directory, shared by every component (events, cluster results): one node only, see README.
-            {"name": "run-dir", "hostPath": {"path": str(plan.run_dir), "type": "Directory"}},
-            {"name": "config", "configMap": {"name": object_name(plan.run_id, "config")}},
-        ]
-        if self.options.credentials.get(component.name):
-            container["volumeMounts"].append({"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True})
-            # optional set explicitly: podman 4.3's kube play dereferences it without a nil check.
-            volumes.append({"name": "credentials", "secret": {
-                "secretName": object_name(plan.run_id, f"{component.name}-credentials"),
-                "defaultMode": 0o400, "optional": False}})
-        spec: dict[str, Any] = {"containers": [container], "volumes": volumes, "restartPolicy": "Always",
-                                "terminationGracePeriodSeconds": 10, "enableServiceLinks": False}
-        if self.options.host_network:
-            spec["hostNetwork"] = True
-            spec["dnsPolicy"] = "ClusterFirstWithHostNet"
-        if component.placement is not None:
-            if component.placement.node_selector:
-                spec["nodeSelector"] = dict(component.placement.node_selector)
-            if component.placement.tolerations:
-                spec["tolerations"] = [t.manifest() for t in component.placement.tolerations]
-        return spec
+        return container
 
     def _credential_args(self, component: Component) -> list[str]:
         """Hook for the TLS wiring: today's Kubernetes runs are --insecure (refused otherwise before deploy)."""
@@ -286,13 +334,6 @@ class ManifestBuilder:
         if chosen is None:
             return {}
         return {key: dict(value) for key, value in (("requests", chosen.requests), ("limits", chosen.limits)) if value}
-
-
-def _image_app_dir() -> str:
-    """Where the app is inside the run's image: a cluster aggregator starts its local rounds from there."""
-    from flops.app_image import APP_WORKDIR  # the image step's constant; imported late (app_image -> orchestrators)
-
-    return APP_WORKDIR
 
 
 def build_objects(plan: RunPlan, options: ManifestOptions) -> list[dict[str, Any]]:

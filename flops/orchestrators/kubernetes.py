@@ -13,11 +13,12 @@ from flops.errors import ConfigError, DeployError
 from flops.orchestrators.base import ComponentRecord, ComponentRole, Deployment, Orchestrator
 from flops.orchestrators.k8s_manifests import (
     COMPONENT_LABEL,
+    STATE_DIR,
     SUPERLINK_PORT,
     Credentials,
     ManifestBuilder,
     ManifestOptions,
-    label_value,
+    container_name,
     object_name,
     run_selector,
     write_manifests,
@@ -34,14 +35,18 @@ ARCH_LABEL = "kubernetes.io/arch"
 
 @dataclass
 class PodView:
-    """What FLOps needs to know of one component's pod, from either API (kubernetes or podman)."""
+    """What FLOps needs to know of one component's container and its pod, from either API (kubernetes or podman)."""
 
-    component: str  # the flops.component label
-    name: str
+    component: str  # the container's name in the manifest: container_name(component)
+    name: str  # the pod
     phase: str  # Pending, Running, Succeeded, Failed, Unknown
     ready: bool
     restarts: int
     waiting_reason: str | None = None
+    container: str = ""  # what the runtime calls the container (its logs are read by this name)
+
+    def of(self, component: str) -> bool:
+        return self.component == container_name(component)
 
     @property
     def stuck(self) -> bool:
@@ -151,10 +156,10 @@ class KubernetesOrchestrator(Orchestrator):
         check_pinned_arches(plan, builder.options.image)
         objects = builder.objects()
         write_manifests(objects, manifest_path(plan.run_dir))
-        (plan.run_dir / "flwr_home").mkdir(parents=True, exist_ok=True)
         plan.logs_dir.mkdir(parents=True, exist_ok=True)
+        # The root's folder is its pod's own (an emptyDir): a root pod rescheduled elsewhere starts without it.
         deployment = Deployment(orchestrator=self.name, run_id=plan.run_id, control_address="",
-                                root_state_dir=str(plan.host_dir("root")), settings=self._settings())
+                                root_state_dir=STATE_DIR, checkpoint_kept=False, settings=self._settings())
         deployment.components = [
             ComponentRecord(name=c.name, role=_role(c.role), log_path=plan.logs_dir / f"{c.name}.log",
                             partition_id=self._partition(plan, c.name))
@@ -185,7 +190,7 @@ class KubernetesOrchestrator(Orchestrator):
         deadline = time.monotonic() + timeout_s
         record = next(c for c in deployment.components if c.name == component)
         while time.monotonic() < deadline:
-            pods = [p for p in self._pods(deployment.run_id) if p.component == label_value(component)]
+            pods = [p for p in self._pods(deployment.run_id) if p.of(component)]
             for pod in pods:
                 if pod.stuck:
                     raise DeployError(f"{component} cannot start: pod {pod.name} is {pod.waiting_reason or pod.phase}"
@@ -202,14 +207,14 @@ class KubernetesOrchestrator(Orchestrator):
         """A component lives while its pod is pending or running; a pod being rescheduled counts as alive."""
         self._use(deployment)
         pods = {p.component: p for p in self._pods(deployment.run_id)}
-        return {c.name: not (label_value(c.name) in pods and pods[label_value(c.name)].stuck)
+        return {c.name: not (container_name(c.name) in pods and pods[container_name(c.name)].stuck)
                 for c in deployment.components}
 
     def describe(self, deployment: Deployment) -> dict[str, PodView | None]:
         """Component name -> its pod (phase, readiness, restarts), None while it has none."""
         self._use(deployment)
         pods = {p.component: p for p in self._pods(deployment.run_id)}
-        return {c.name: pods.get(label_value(c.name)) for c in deployment.components}
+        return {c.name: pods.get(container_name(c.name)) for c in deployment.components}
 
     def logs(self, deployment: Deployment, component: str) -> Path:
         self._use(deployment)
@@ -221,7 +226,7 @@ class KubernetesOrchestrator(Orchestrator):
         raise DeployError(f"no component '{component}' in run {deployment.run_id} (components: {known})")
 
     def _save_log(self, deployment: Deployment, record: ComponentRecord) -> None:
-        pod = next((p for p in self._pods(deployment.run_id) if p.component == label_value(record.name)), None)
+        pod = next((p for p in self._pods(deployment.run_id) if p.of(record.name)), None)
         if pod is None:
             return
         text = self._pod_log(pod)
@@ -293,17 +298,21 @@ class KubernetesOrchestrator(Orchestrator):
             listed = core.list_namespaced_pod(self.namespace, label_selector=run_selector(run_id))
         except ApiException as exc:
             raise DeployError(f"cannot list the pods of run {run_id}: {exc.status} {exc.reason}") from exc
-        return [self._view(pod) for pod in listed.items]
+        return [view for pod in listed.items for view in self._views(pod)]
 
     @staticmethod
-    def _view(pod: Any) -> PodView:
-        statuses = (pod.status.container_statuses or []) if pod.status else []
-        waiting = next((s.state.waiting.reason for s in statuses if s.state and s.state.waiting), None)
-        conditions = (pod.status.conditions or []) if pod.status else []
-        ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
-        return PodView(component=(pod.metadata.labels or {}).get(COMPONENT_LABEL, ""), name=pod.metadata.name,
-                       phase=(pod.status.phase if pod.status else None) or "Unknown", ready=ready,
-                       restarts=sum(s.restart_count or 0 for s in statuses), waiting_reason=waiting)
+    def _views(pod: Any) -> list[PodView]:
+        """One view per container of the pod (a cluster's gateway pod holds two components)."""
+        statuses = {s.name: s for s in ((pod.status.container_statuses or []) if pod.status else [])}
+        phase = (pod.status.phase if pod.status else None) or "Unknown"
+        views = []
+        for container in pod.spec.containers:
+            status = statuses.get(container.name)
+            waiting = status.state.waiting.reason if status and status.state and status.state.waiting else None
+            views.append(PodView(component=container.name, name=pod.metadata.name, phase=phase,
+                                 ready=bool(status and status.ready), restarts=(status.restart_count or 0) if status else 0,
+                                 waiting_reason=waiting, container=container.name))
+        return views
 
     def _pod_log(self, pod: PodView) -> str:
         from kubernetes.client.exceptions import ApiException
@@ -311,7 +320,7 @@ class KubernetesOrchestrator(Orchestrator):
         core, _ = self._apis()
         try:
             # Raw: the client (36) turns a `str` body into the repr of its bytes ("b'...'").
-            raw = core.read_namespaced_pod_log(pod.name, self.namespace, container="flower", _preload_content=False)
+            raw = core.read_namespaced_pod_log(pod.name, self.namespace, container=pod.container, _preload_content=False)
             return raw.data.decode(errors="replace")
         except ApiException as exc:
             if exc.status in (400, 404):  # container not started yet, or the pod is gone

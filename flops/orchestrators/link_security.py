@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from flops.credentials import LOOPBACK_NAMES, RunAuthority
+from flops.credentials import LOOPBACK_NAMES, NodeKey, RunAuthority
 from flops.errors import DeployError, RunFailedError
 from flops.flower_control import FlowerControl, describe_tls_failure
 from flops.plan import RunPlan
@@ -75,6 +75,13 @@ class LinkSecurity:
         """Trust the run's CA only; make a key pair for NAME and register its public key before it starts."""
         if self.authority is None:
             return ["--insecure"]
+        key = self.register(name, superlink_address)
+        return ["--root-certificates", str(self.authority.ca_cert), "--auth-supernode-private-key", str(key.private_key)]
+
+    def register(self, name: str, superlink_address: str) -> NodeKey:
+        """Make a key pair for the SuperNode NAME and register its public key with the SuperLink at that address
+        (over its Control API): the SuperLink then admits a SuperNode holding the private key."""
+        assert self.authority is not None, "an --insecure run registers no keys"
         key = self.authority.node_key(name)
         control = FlowerControl(superlink_address, self.authority.ca_cert)
         try:
@@ -82,7 +89,7 @@ class LinkSecurity:
         finally:
             control.close()
         self._registered.setdefault(superlink_address, {})[name] = node_id
-        return ["--root-certificates", str(self.authority.ca_cert), "--auth-supernode-private-key", str(key.private_key)]
+        return key
 
     def renew_identity(self, name: str) -> None:
         """Give the SuperNode NAME, found dead, a fresh registered key at the same path before it starts again.

@@ -8,12 +8,10 @@ import time
 from typing import Any
 
 from flops.errors import DeployError
-from flops.orchestrators.base import Deployment, hand_run_dir_to_image_user, wait_for_port
+from flops.orchestrators.base import Deployment, wait_for_port
 from flops.orchestrators.k8s_manifests import (
-    COMPONENT_LABEL,
     ManifestBuilder,
     component_ports,
-    label_value,
     object_name,
     run_selector,
 )
@@ -64,7 +62,6 @@ class PodmanKubeOrchestrator(KubernetesOrchestrator):
     def _apply(self, objects: list[dict[str, Any]], plan: RunPlan) -> None:
         image = self.image or plan.image or ""
         tls = ["--tls-verify=false"] if _loopback_registry(image) else []  # the plain-HTTP test registry
-        hand_run_dir_to_image_user(plan)  # the pods' non-root user writes into the run dir (a hostPath here)
         _podman("kube", "play", *tls, str(manifest_path(plan.run_dir)))
 
     def _control_address(self, plan: RunPlan, builder: ManifestBuilder) -> str:
@@ -76,7 +73,7 @@ class PodmanKubeOrchestrator(KubernetesOrchestrator):
         port = int(deployment.control_address.rsplit(":", 1)[1])
 
         def exit_reason() -> str | None:
-            pod = next((p for p in self._pods(deployment.run_id) if p.component == label_value(component)), None)
+            pod = next((p for p in self._pods(deployment.run_id) if p.of(component)), None)
             if pod is None or not pod.stuck:
                 return None
             self._save_log(deployment, record)
@@ -89,19 +86,20 @@ class PodmanKubeOrchestrator(KubernetesOrchestrator):
         cached = self._listing.get(run_id)
         if cached is not None and time.monotonic() - cached[0] < LISTING_TTL_S:
             return cached[1]
-        listed = json.loads(_podman("ps", "-a", "--filter", f"label={run_selector(run_id)}", "--format", "json") or "[]")
+        listed = json.loads(_podman("ps", "-a", "--pod", "--filter", f"label={run_selector(run_id)}", "--format", "json")
+                            or "[]")
         views = []
         for container in listed:
-            state = container.get("State", "")
+            state, name, pod = container.get("State", ""), container["Names"][0], container.get("PodName") or ""
             phase = PHASES.get(state, "Failed" if container.get("ExitCode") else "Succeeded")
-            views.append(PodView(component=(container.get("Labels") or {}).get(COMPONENT_LABEL, ""),
-                                 name=container["Names"][0], phase=phase, ready=state == "running",
-                                 restarts=int(container.get("Restarts") or 0)))
+            # kube play names a pod's container "<pod>-<container>": the manifest's container name is the rest.
+            views.append(PodView(component=name.removeprefix(f"{pod}-"), name=pod, phase=phase,
+                                 ready=state == "running", restarts=int(container.get("Restarts") or 0), container=name))
         self._listing[run_id] = (time.monotonic(), views)
         return views
 
     def _pod_log(self, pod: PodView) -> str:
-        done = subprocess.run(["podman", "logs", pod.name], capture_output=True, text=True, errors="replace",
+        done = subprocess.run(["podman", "logs", pod.container], capture_output=True, text=True, errors="replace",
                               stdin=subprocess.DEVNULL)
         # podman logs replays the container's stdout and stderr on its own two streams.
         return done.stdout + done.stderr if done.returncode == 0 else ""

@@ -114,6 +114,56 @@ def test_flat_run_reaches_finished_in_podman_pods_and_export_writes_the_same_obj
     assert pods_of(exported_run) == []
 
 
+@pytest.mark.timeout(3600)
+def test_hierarchical_run_reaches_finished_with_each_cluster_as_one_gateway_pod_and_no_host_folder(
+    tiny_task_repo: Path, tmp_path: Path, podman_conf: Path
+) -> None:
+    workdir = tmp_path / "work"
+    config = tmp_path / "flops.yaml"
+    config.write_text("startup_timeout_s: 900\n")
+    submit = run_flops(
+        "submit", tiny_task_repo.as_uri(), "--config", str(config), "--learners", "2", "--clusters", "1",
+        "--rounds", "2", "--local-rounds", "2", "--orchestrator", "podman-kube", "--insecure",
+        "--registry", REGISTRY, "--base-image", BASE, "--no-tls-verify",
+        *(f"--pip-find-links={d}" for d in FIND_LINKS), "--platform-constraint", "linux/amd64=torch==2.13.0+cpu",
+        "--workdir", str(workdir), "--json", "--detach", timeout_s=2400,
+    )
+    assert submit.returncode == 0, submit.output
+    run_id = submit.last_json()["run_id"]
+
+    def status() -> dict:
+        return run_flops("status", run_id, "--workdir", str(workdir), "--json").last_json()
+
+    ended = ("FINISHED", "FAILED", "STOPPED")
+    wait_for(lambda: status()["rounds_completed"] >= 1 or status()["status"] in ended, 1500, "the first global round")
+    # The gateway pod's two containers are two components, each with its own state and log.
+    shown = run_flops("status", run_id, "--workdir", str(workdir))
+    assert "cluster-0-superlink: Running ready" in shown.stdout, shown.output
+    assert "cluster-0-aggregator: Running ready" in shown.stdout, shown.output
+    pods = subprocess.run(["podman", "ps", "--pod", "--filter", f"label={RUN_LABEL}={run_id}", "--format",
+                           "{{.PodName}} {{.Names}}"], capture_output=True, text=True, check=True).stdout.split("\n")
+    gateway = {line.split()[0] for line in pods if line.endswith("-cluster-0-superlink") or line.endswith("-cluster-0-aggregator")}
+    assert len(gateway) == 1, pods  # one pod holds the cluster's SuperLink and its aggregator
+    log = run_flops("logs", run_id, "--component", "cluster-0-aggregator", "--workdir", str(workdir))
+    assert log.returncode == 0 and log.stdout.strip(), log.output
+    wait_for(lambda: status()["status"] in ended, 1800, "the run to end", interval_s=2)
+    summary = status()
+    assert summary["status"] == "FINISHED" and summary["rounds_completed"] == 2, summary
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    parent = client.get_run(summary["mlflow_run_id"])
+    assert parent.info.status == "FINISHED" and client.search_registered_models()
+    # The cluster's local rounds reached MLflow through the root (no file of a pod was read).
+    nested = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(nested) == 1
+    history = client.get_metric_history(nested[0].info.run_id, "local_round/evaluate_loss")
+    assert len(history) == 2 * 2, history  # 2 global x 2 local rounds
+    assert pods_of(run_id) == []
+    played = (workdir / "runs" / run_id / "kubernetes.yaml").read_text()
+    assert "hostPath" not in played and "emptyDir" in played
+
+
 @pytest.mark.timeout(2400)  # a two-platform image build
 def test_an_arm64_pinned_learner_carries_the_arch_selector_and_the_image_index_has_arm64(
     tiny_task_repo: Path, tmp_path: Path

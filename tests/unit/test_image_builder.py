@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flops.app_image import (
-    ENTRYPOINT_PATH, IMAGE_FLWR_HOME, ROLES, SELFCHECK_PATH, flower_app_spec, parse_platform_constraints, runtime_files,
+    ENTRYPOINT_PATH, IMAGE_FLWR_HOME, IMAGE_STATE_DIR, ROLES, SELFCHECK_PATH, flower_app_spec, parse_platform_constraints, runtime_files,
 )
 from flops.errors import ConfigError
 from image_builder import BuildSpec, SpecError, ToolError
@@ -218,7 +218,7 @@ def test_app_images_run_as_a_non_root_user_that_owns_flowers_home(tmp_path: Path
     spec = flower_app_spec(tmp_path, name="flops/x", requirements=["torch"], registry="r:5000")
     uid = spec.user.split(":")[0] if spec.user else "0"
     assert int(uid) != 0
-    assert spec.env["FLWR_HOME"] in spec.writable_dirs == [IMAGE_FLWR_HOME]
+    assert spec.env["FLWR_HOME"] in spec.writable_dirs == [IMAGE_FLWR_HOME, IMAGE_STATE_DIR]
     config = cmd.buildah_config("ctr", user=spec.user)
     assert config[config.index("--user") + 1] == spec.user
     copy = cmd.buildah_copy("ctr", tmp_path, IMAGE_FLWR_HOME, chown=spec.user)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -9,9 +10,11 @@ import pytest
 import yaml
 
 from flops.config import RunConfig
+from flops.app_image import IMAGE_UID
 from flops.orchestrators.k8s_manifests import (
     COMPONENT_LABEL,
     RUN_LABEL,
+    STATE_DIR,
     ManifestOptions,
     build_objects,
     component_names,
@@ -125,26 +128,37 @@ def test_every_object_carries_the_run_labels_and_one_selector_finds_them(tmp_pat
             assert obj["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
             assert pod_labels[RUN_LABEL] == RUN_ID
     names = [o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"]
-    assert len(set(names)) == len(names) == 1 + 2 * 2 + 4  # root, per cluster a SuperLink and an aggregator, learners
+    assert len(set(names)) == len(names) == 1 + 2 + 4  # root, per cluster a gateway, learners
 
 
-def test_hierarchy_places_each_cluster_superlink_beside_its_aggregator(tmp_path: Path) -> None:
+def test_a_cluster_is_one_gateway_pod_its_superlink_and_aggregator_sharing_the_pods_folder(tmp_path: Path) -> None:
     plan = make_plan(tmp_path, HIERARCHICAL, **RESOURCES)
     objects = objects_of(plan)
     deployments, services = by_kind(objects, "Deployment"), by_kind(objects, "Service")
     assert set(services) == {"superlink", "cluster-0-superlink", "cluster-1-superlink"}
+    assert set(deployments) == {"superlink", "cluster-0-gateway", "cluster-1-gateway", "a", "b", "c", "d"}
     pod = {name: d["spec"]["template"]["spec"] for name, d in deployments.items()}
-    assert pod["cluster-0-superlink"]["nodeSelector"] == pod["cluster-0-aggregator"]["nodeSelector"] == {
-        "kubernetes.io/hostname": "gw-1"}
-    assert pod["cluster-1-aggregator"]["tolerations"] == [
-        {"key": "flaky", "operator": "Equal", "value": "yes", "effect": "NoExecute", "tolerationSeconds": 60}]
-    aggregator = pod["cluster-0-aggregator"]["containers"][0]["args"]
-    assert aggregator[0] == "cluster-aggregator"
-    node_config = aggregator[aggregator.index("--node-config") + 1]
-    cluster_service = services["cluster-0-superlink"]["metadata"]["name"]
-    assert f'cluster-superlink="{cluster_service}.default.svc:9092"' in node_config
+    # The cluster's Service finds its SuperLink in the gateway pod.
+    gateway_labels = deployments["cluster-0-gateway"]["spec"]["template"]["metadata"]["labels"]
+    assert services["cluster-0-superlink"]["spec"]["selector"].items() <= gateway_labels.items()
+    gateway = pod["cluster-0-gateway"]
+    assert [c["name"] for c in gateway["containers"]] == ["cluster-0-superlink", "cluster-0-aggregator"]
+    superlink, aggregator = gateway["containers"]
+    assert superlink["args"][0] == "cluster-superlink" and "readinessProbe" in superlink
+    assert aggregator["args"][0] == "cluster-aggregator" and "readinessProbe" not in aggregator
+    # One folder of the pod (an emptyDir, not a folder of some node) holds the per-round hand-over between them.
+    assert {"name": "state", "emptyDir": {}} in gateway["volumes"]
+    for container in (superlink, aggregator):
+        assert {"name": "state", "mountPath": STATE_DIR} in container["volumeMounts"]
+    node_config = aggregator["args"][aggregator["args"].index("--node-config") + 1]
+    assert f'cluster-dir="{STATE_DIR}"' in node_config
+    assert 'cluster-superlink="127.0.0.1:9092"' in node_config  # the SuperLink beside it in the pod
     assert 'app-dir="/app"' in node_config  # the app in the image, not a folder of the controller's machine
-    assert all(v["name"] != "app" for p in pod.values() for v in p["volumes"])
+    assert gateway["nodeSelector"] == {"kubernetes.io/hostname": "gw-1"}
+    assert pod["cluster-1-gateway"]["tolerations"] == [
+        {"key": "flaky", "operator": "Equal", "value": "yes", "effect": "NoExecute", "tolerationSeconds": 60}]
+    # Learners reach their cluster's SuperLink through its Service.
+    cluster_service = services["cluster-0-superlink"]["metadata"]["name"]
     learner_a = pod["a"]["containers"][0]
     assert learner_a["args"][learner_a["args"].index("--superlink") + 1] == f"{cluster_service}.default.svc:9092"
     assert learner_a["resources"] == {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
@@ -177,12 +191,22 @@ def test_host_network_addresses_components_on_loopback_with_their_own_ports(tmp_
     assert learner[learner.index("--port") + 1] == str(ports["learner-1"])
 
 
-def test_the_run_directory_is_a_host_path_at_the_same_path(tmp_path: Path) -> None:
-    plan = make_plan(tmp_path, FLAT)
-    spec = by_kind(objects_of(plan), "Deployment")["learner-0"]["spec"]["template"]["spec"]
-    run_dir = next(v for v in spec["volumes"] if v["name"] == "run-dir")
-    assert run_dir["hostPath"]["path"] == str(plan.run_dir)
-    assert {"name": "run-dir", "mountPath": str(plan.run_dir)} in spec["containers"][0]["volumeMounts"]
+def test_no_pod_mounts_a_folder_of_a_node_and_each_runs_as_the_images_user(tmp_path: Path) -> None:
+    plan = make_plan(tmp_path, HIERARCHICAL)
+    objects = objects_of(plan)
+    # (the plan itself, in the config ConfigMap, names the controller's run folder: information, not a mount)
+    text = yaml.safe_dump_all([o for o in objects if o["metadata"]["labels"][COMPONENT_LABEL] != "config"])
+    assert "hostPath" not in text and str(plan.run_dir) not in text
+    pods = {name: d["spec"]["template"]["spec"] for name, d in by_kind(objects, "Deployment").items()}
+    for name, spec in pods.items():
+        assert spec["securityContext"] == {"runAsNonRoot": True, "runAsUser": IMAGE_UID, "runAsGroup": IMAGE_UID,
+                                           "fsGroup": IMAGE_UID}
+        assert all("workingDir" not in c for c in spec["containers"])  # the image's own (/app)
+    # The root keeps its checkpoint in its pod's folder, and is told so.
+    assert {"name": "state", "emptyDir": {}} in pods["superlink"]["volumes"]
+    config = json.loads(by_kind(objects, "ConfigMap")["config"]["data"]["run-config.json"])
+    assert config["flops-output-dir"] == STATE_DIR
+    assert all(v["name"] != "state" for v in pods["a"]["volumes"])  # a learner keeps nothing
 
 
 def test_object_names_are_dns_labels_even_for_long_or_odd_component_names() -> None:

@@ -76,7 +76,7 @@ class FakeApiServer:
         assert match, path
         _namespace, collection, name, log = match.groups()
         if log:
-            return Response(200, f"log of {name}\n", "text/plain")
+            return Response(200, f"log of {name}/{query.get('container')}\n", "text/plain")
         if method == "POST":
             key = (collection, body["metadata"]["name"])
             if key in self.objects:
@@ -109,8 +109,9 @@ class FakeApiServer:
                    "metadata": {"name": f"{obj['metadata']['name']}-5d8f7-x2x9k", "labels": template["metadata"]["labels"]},
                    "spec": template["spec"],
                    "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": self.ready}],
-                              "containerStatuses": [{"name": "flower", "image": IMAGE, "imageID": IMAGE, "ready": True,
-                                                     "restartCount": 0, "state": self.pod_state}]}}
+                              "containerStatuses": [{"name": c["name"], "image": IMAGE, "imageID": IMAGE,
+                                                     "ready": self.ready == "True", "restartCount": 0,
+                                                     "state": self.pod_state} for c in template["spec"]["containers"]]}}
             self.objects[("pods", pod["metadata"]["name"])] = pod
         self.objects[(collection, obj["metadata"]["name"])] = obj
         return obj
@@ -147,7 +148,7 @@ def test_deploy_creates_every_object_and_controls_the_root_through_its_service(s
     posts = [path for method, path, _ in server.calls if method == "POST"]
     assert posts[:2] == ["/api/v1/namespaces/edge/configmaps"] * 2
     assert posts.count("/api/v1/namespaces/edge/services") == 3
-    assert posts.count("/apis/apps/v1/namespaces/edge/deployments") == 9
+    assert posts.count("/apis/apps/v1/namespaces/edge/deployments") == 7  # root, 2 cluster gateways, 4 learners
     root_service = server.objects[("services", f"flops-{RUN_ID}-superlink")]
     assert deployment.control_address == f"{root_service['spec']['clusterIP']}:9092"
     assert deployment.settings == {"namespace": "edge"}
@@ -155,6 +156,12 @@ def test_deploy_creates_every_object_and_controls_the_root_through_its_service(s
     assert (plan.run_dir / "kubernetes.yaml").is_file()
     # Readiness was read from the pods, by the run's label.
     assert ("GET", "/api/v1/namespaces/edge/pods", {"labelSelector": f"{RUN_LABEL}={RUN_ID}"}) in server.calls
+    # A cluster's SuperLink and aggregator are two containers of one gateway pod, each its own component.
+    orchestrator = orchestrator_for(server)
+    pods = orchestrator.describe(deployment)
+    gateway = f"flops-{RUN_ID}-cluster-0-gateway-5d8f7-x2x9k"
+    assert pods["cluster-0-superlink"].name == pods["cluster-0-aggregator"].name == gateway
+    assert orchestrator.logs(deployment, "cluster-0-aggregator").read_text() == f"log of {gateway}/cluster-0-aggregator\n"
 
 
 def test_status_logs_and_stop_work_from_another_shell_with_the_recorded_namespace(server: FakeApiServer, tmp_path: Path) -> None:
@@ -164,7 +171,7 @@ def test_status_logs_and_stop_work_from_another_shell_with_the_recorded_namespac
     other_shell = orchestrator_for(server, namespace="default")  # `flops stop` does not know the namespace
     assert other_shell.status(deployment) == {"superlink": True, "learner-0": True, "learner-1": True}
     log = other_shell.logs(deployment, "learner-1")
-    assert log.read_text() == f"log of flops-{RUN_ID}-learner-1-5d8f7-x2x9k\n"
+    assert log.read_text() == f"log of flops-{RUN_ID}-learner-1-5d8f7-x2x9k/learner-1\n"
     with pytest.raises(DeployError, match="no component 'learner-7'"):
         other_shell.logs(deployment, "learner-7")
     other_shell.stop(deployment)

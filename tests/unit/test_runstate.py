@@ -84,3 +84,13 @@ def test_each_phase_s_time_is_recorded_for_the_json_summary(tmp_path: Path, monk
     state.update(status="FINISHED", ended_at=30.0)  # 30.0: the run ends in training
     assert load_state(tmp_path, "r1").summary()["phase_s"] == {"planned": 0.0, "fetching": 2.5, "environment": 7.5,
                                                                "training": 10.0}
+
+
+def test_a_run_whose_checkpoint_went_with_its_pods_is_not_resumable(tmp_path: Path) -> None:
+    from flops.orchestrators.base import Deployment
+
+    kept = Deployment(orchestrator="local", run_id="r1", control_address="127.0.0.1:9092")
+    in_pod = Deployment(orchestrator="kubernetes", run_id="r1", control_address="10.43.0.10:9092", checkpoint_kept=False)
+    assert RunState(run_id="r1", run_dir=tmp_path, started_at=1.0, rounds_completed=2, deployment=kept).can_resume()
+    assert not RunState(run_id="r1", run_dir=tmp_path, started_at=1.0, rounds_completed=0, deployment=kept).can_resume()
+    assert not RunState(run_id="r1", run_dir=tmp_path, started_at=1.0, rounds_completed=2, deployment=in_pod).can_resume()
