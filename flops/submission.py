@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from flops.controller import follow_run, start_detached
-from flops.errors import FlopsError
+from flops.errors import ConfigError, FlopsError
 from flops.orchestrators import orchestrator_for
 from flops.plan import RunPlan
 from flops.preparation import Progress, RunRequest, prepare_run
@@ -31,6 +31,12 @@ def export(request: RunRequest, output_dir: Path, progress: Progress,
            build_image: Callable[[RunPlan], str] | None = None) -> tuple[RunPlan, Path]:
     """Prepare REQUEST and write the manifests its orchestrator would apply to OUTPUT_DIR/RUN.yaml; the run is
     recorded as exported (nothing runs)."""
+    if not request.insecure:
+        # Each SuperNode's key is registered with its SuperLink once that is up, by the controller of
+        # `flops submit`: a `kubectl apply` of files has no step between the two.
+        raise ConfigError("flops export writes --insecure runs only: with TLS, SuperNode keys are registered with "
+                          "their SuperLinks as they come up (flops submit --orchestrator kubernetes does that); "
+                          "pass --insecure")
     plan = prepare_run(request, progress, build_image)
     state = load_state(plan.run_dir.parent.parent, plan.run_id)
     try:

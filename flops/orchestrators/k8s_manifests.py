@@ -16,7 +16,8 @@ import yaml
 from flops.app_image import APP_WORKDIR, IMAGE_STATE_DIR, IMAGE_UID
 from flops.config import ResourceRequirements
 from flops.flower_run_config import root_overrides
-from flops.orchestrators.base import node_config_text
+from flops.credentials import LOOPBACK_NAMES
+from flops.orchestrators.base import aggregator_node_config, node_config_text
 from flops.plan import RunPlan
 from flops.topology import Placement
 
@@ -24,7 +25,8 @@ RUN_LABEL = "flops.run-id"
 COMPONENT_LABEL = "flops.component"
 SUPERLINK_PORT = 9092  # Fleet, Control and Runtime APIs share one port in Flower 1.42
 SUPERNODE_PORT = 9094  # a SuperNode's ClientAppIo API, inside its own pod
-CREDENTIALS_DIR = "/etc/flops/credentials"
+CREDENTIALS_DIR = "/etc/flops/credentials"  # a component's own Secret: the run's CA and its certificate or key
+CA_FILE, CERT_FILE, KEY_FILE, NODE_KEY_FILE = "ca.pem", "server.pem", "server.key", "node.key"
 CONFIG_DIR = "/etc/flops/config"
 # A pod's own folder (an emptyDir): the root's checkpoint; in a cluster's gateway pod, the per-round hand-over
 # between its SuperLink's ServerApp and its aggregator. The image makes it the non-root user's, so the emptyDir
@@ -58,6 +60,7 @@ class Component:
     args: list[str]
     port: int
     superlink: bool
+    joins: str = ""  # a SuperNode: the SuperLink it joins (its key is registered there)
 
     @property
     def container(self) -> str:
@@ -162,11 +165,10 @@ class ManifestBuilder:
                       for learner in plan.learners]
         for cluster in plan.clusters:
             link = f"{cluster.dir_name}-superlink"
-            aggregator = self._supernode(f"{cluster.dir_name}-aggregator", "cluster-aggregator", "superlink", {
-                "cluster-name": cluster.name, "cluster-index": cluster.index,
-                "cluster-size": len(cluster.learners), "cluster-superlink": self._gateway_address(link),
-                "cluster-dir": STATE_DIR, "app-dir": APP_WORKDIR,
-            })
+            ca = "" if plan.insecure else f"{CREDENTIALS_DIR}/{CA_FILE}"
+            aggregator = self._supernode(f"{cluster.dir_name}-aggregator", "cluster-aggregator", "superlink",
+                                         aggregator_node_config(cluster, self._gateway_address(link), STATE_DIR,
+                                                                APP_WORKDIR, ca))
             found.append(Workload(f"{cluster.dir_name}-gateway", "cluster-gateway",
                                   [self._superlink(link, "cluster-superlink"), aggregator],
                                   self._placement(cluster.name), keeps_state=True))
@@ -197,7 +199,25 @@ class ManifestBuilder:
         # is ready keeps trying, and the Deployment restarts one that gives up.
         args = ["--superlink", self.address(superlink), "--port", str(port),
                 "--node-config", node_config_text(node_config)]
-        return Component(name, role, args, port, False)
+        return Component(name, role, args, port, False, joins=superlink)
+
+    def stages(self) -> list[list[Workload]]:
+        """The workloads in the order a SuperNode's SuperLink is up before it: the root; then (hierarchical) the
+        cluster gateways, whose aggregators join the root; then the learners."""
+        workloads = self.workloads()
+        root, rest = workloads[:1], workloads[1:]
+        gateways = [w for w in rest if w.role == "cluster-gateway"]
+        learners = [w for w in rest if w.role != "cluster-gateway"]
+        return [stage for stage in (root, gateways, learners) if stage]
+
+    def superlink_hosts(self, superlink: str) -> list[str]:
+        """The names a SuperLink's certificate must carry: its Service's DNS names for pods; loopback for the
+        aggregator beside it in its pod, for `kubectl port-forward`, and for the host network."""
+        if self.options.host_network:
+            return list(LOOPBACK_NAMES)
+        service, namespace = object_name(self.plan.run_id, superlink), self.options.namespace
+        return [service, f"{service}.{namespace}", f"{service}.{namespace}.svc",
+                f"{service}.{namespace}.svc.cluster.local", *LOOPBACK_NAMES]
 
     # --- objects ---
 
@@ -206,10 +226,15 @@ class ManifestBuilder:
         workloads = self.workloads()
         objects: list[dict[str, Any]] = self.config_maps()
         objects += [self.secret(c) for w in workloads for c in w.components if self.options.credentials.get(c.name)]
-        if not self.options.host_network:
-            objects += [self.service(w, c) for w in workloads for c in w.components if c.superlink]
+        objects += self.services()
         objects += [self.deployment(w) for w in workloads]
         return objects
+
+    def services(self) -> list[dict[str, Any]]:
+        """A Service per SuperLink (none on the host network, where podman implements no Services)."""
+        if self.options.host_network:
+            return []
+        return [self.service(w, c) for w in self.workloads() for c in w.components if c.superlink]
 
     def _metadata(self, name: str, component: str, role: str) -> dict[str, Any]:
         return {"name": name, "namespace": self.options.namespace,
@@ -323,8 +348,15 @@ class ManifestBuilder:
         return container
 
     def _credential_args(self, component: Component) -> list[str]:
-        """Hook for the TLS wiring: today's Kubernetes runs are --insecure (refused otherwise before deploy)."""
-        return ["--insecure"] if self.plan.insecure else []
+        """TLS with the run's CA on every link; a SuperNode proves itself with its key (registered by the
+        controller before its pod is created). The files are its Secret, mounted at CREDENTIALS_DIR."""
+        if self.plan.insecure:
+            return ["--insecure"]
+        ca = f"{CREDENTIALS_DIR}/{CA_FILE}"
+        if component.superlink:
+            return ["--ssl-ca-certfile", ca, "--ssl-certfile", f"{CREDENTIALS_DIR}/{CERT_FILE}",
+                    "--ssl-keyfile", f"{CREDENTIALS_DIR}/{KEY_FILE}", "--enable-supernode-auth"]
+        return ["--root-certificates", ca, "--auth-supernode-private-key", f"{CREDENTIALS_DIR}/{NODE_KEY_FILE}"]
 
     def _resources(self, component: Component) -> dict[str, dict[str, str]]:
         resources = self.plan.config.resources

@@ -11,14 +11,20 @@ from typing import Any
 
 from flops.errors import ConfigError, DeployError
 from flops.orchestrators.base import ComponentRecord, ComponentRole, Deployment, Orchestrator
+from flops.orchestrators.link_security import LinkSecurity
 from flops.orchestrators.k8s_manifests import (
+    CA_FILE,
+    CERT_FILE,
     COMPONENT_LABEL,
+    KEY_FILE,
+    NODE_KEY_FILE,
     STATE_DIR,
     SUPERLINK_PORT,
-    Credentials,
+    Component,
     ManifestBuilder,
     ManifestOptions,
     container_name,
+    label_value,
     object_name,
     run_selector,
     write_manifests,
@@ -105,9 +111,6 @@ class KubernetesOrchestrator(Orchestrator):
     """
 
     name = "kubernetes"
-    # The manifests take per-component Secrets, but the run's CA and SuperNode keys are not wired into them
-    # yet (and podman 4.3 mounts Secrets as base64 text): these runs are --insecure only, refused otherwise.
-    carries_credentials = False
     host_network = False
 
     @classmethod
@@ -123,11 +126,10 @@ class KubernetesOrchestrator(Orchestrator):
                                         "Service, whose port FLOps chooses; drop the port")
 
     def __init__(self, image: str | None = None, namespace: str | None = None, context: str | None = None,
-                 api_client: Any = None, credentials: Credentials | None = None) -> None:
+                 api_client: Any = None) -> None:
         self.image = image
         self.namespace = namespace or "default"
         self.context = context
-        self.credentials = credentials or {}
         self._api_client = api_client
         self._cluster_ips: dict[str, str] = {}  # component label -> its Service's cluster IP
 
@@ -139,8 +141,7 @@ class KubernetesOrchestrator(Orchestrator):
         if not image:
             raise ConfigError(f"--orchestrator {self.name} runs a FLOps image: pass --image, or --registry to build one")
         return ManifestBuilder(plan, ManifestOptions(image=image, namespace=self.namespace,
-                                                     host_network=self.host_network, ports=ports or {},
-                                                     credentials=self.credentials))
+                                                     host_network=self.host_network, ports=ports or {}))
 
     def export(self, plan: RunPlan, path: Path) -> Path:
         """Write the run's objects as YAML: what deploy() would create."""
@@ -152,27 +153,72 @@ class KubernetesOrchestrator(Orchestrator):
         return {}
 
     def deploy(self, plan: RunPlan) -> Deployment:
+        """Create the run's objects stage by stage (root; cluster gateways; learners), each stage once the
+        SuperLinks its SuperNodes join are ready. With TLS, a SuperNode's key is registered with its SuperLink
+        before its Secret and pod exist, and the SuperLinks' certificates name their Services (and the root's
+        cluster IP, which the controller dials). Returns once the root accepts runs and every SuperNode is online."""
         builder = self.manifests(plan, self._ports(plan))
         check_pinned_arches(plan, builder.options.image)
-        objects = builder.objects()
-        write_manifests(objects, manifest_path(plan.run_dir))
         plan.logs_dir.mkdir(parents=True, exist_ok=True)
+        security = LinkSecurity(plan)
         # The root's folder is its pod's own (an emptyDir): a root pod rescheduled elsewhere starts without it.
-        deployment = Deployment(orchestrator=self.name, run_id=plan.run_id, control_address="",
+        deployment = Deployment(orchestrator=self.name, run_id=plan.run_id, control_address="", ca_cert=security.ca_cert,
                                 root_state_dir=STATE_DIR, checkpoint_kept=False, settings=self._settings())
         deployment.components = [
             ComponentRecord(name=c.name, role=_role(c.role), log_path=plan.logs_dir / f"{c.name}.log",
                             partition_id=self._partition(plan, c.name))
             for c in builder.components()
         ]
+        credentials: dict[str, dict[str, bytes]] = {}
+        builder.options.credentials = credentials  # filled stage by stage, as keys are registered
         try:
-            self._apply(objects, plan)
-            deployment.control_address = self._control_address(plan, builder)
-            self._wait_ready(deployment, "superlink", plan.config.startup_timeout_s)
+            self._apply([*builder.config_maps(), *builder.services()], plan)
+            deployment.control_address = self._reach(builder, "superlink")
+            for stage in builder.stages():
+                components = [c for workload in stage for c in workload.components]
+                if security.authority is not None:
+                    for component in components:
+                        credentials[component.name] = self._credentials(builder, security, component)
+                self._apply([*(builder.secret(c) for c in components if c.name in credentials),
+                             *(builder.deployment(w) for w in stage)], plan)
+                for component in components:
+                    if component.superlink:
+                        self._wait_ready(deployment, component.name, self._reach(builder, component.name),
+                                         plan.config.startup_timeout_s)
+            write_manifests(builder.objects(), manifest_path(plan.run_dir))
+            if security.authority is not None:
+                records = {c.name: c for c in deployment.components}
+                security.wait_until_online(plan.config.startup_timeout_s,
+                                           lambda name: self._ended(deployment, records[name], security),
+                                           lambda name: records[name].log_path)
+                deployment.node_ids = security.registered(deployment.control_address)
         except BaseException:
             self.stop(deployment)
             raise
         return deployment
+
+    def _credentials(self, builder: ManifestBuilder, security: LinkSecurity, component: Component) -> dict[str, bytes]:
+        """A component's Secret: the run's CA and its server certificate, or its SuperNode key, registered now
+        with the SuperLink it joins (which is ready: an earlier stage, or the root)."""
+        authority = security.authority
+        assert authority is not None
+        files = {CA_FILE: authority.ca_cert.read_bytes()}
+        if component.superlink:
+            ip = self._cluster_ips.get(label_value(component.name))
+            made = authority.server_credentials(component.name, [*builder.superlink_hosts(component.name),
+                                                                 *([ip] if ip else [])])
+            return {**files, CERT_FILE: made.cert.read_bytes(), KEY_FILE: made.key.read_bytes()}
+        key = security.register(component.name, self._reach(builder, component.joins))
+        return {**files, NODE_KEY_FILE: key.private_key.read_bytes()}
+
+    def _ended(self, deployment: Deployment, record: ComponentRecord, security: LinkSecurity) -> str | None:
+        """Why a component's container will not come up by itself (Flower's refusal from its log), or None."""
+        pod = next((p for p in self._pods(deployment.run_id) if p.of(record.name)), None)
+        if pod is None or not pod.stuck:
+            return None
+        self._save_log(deployment, record)
+        return security.explain_exit(record.name, f"cannot start: pod {pod.name} is {pod.waiting_reason or pod.phase}",
+                                     record.log_path)
 
     @staticmethod
     def _partition(plan: RunPlan, name: str) -> int | None:
@@ -186,7 +232,8 @@ class KubernetesOrchestrator(Orchestrator):
         self.namespace = deployment.settings.get("namespace", self.namespace)
         self.context = deployment.settings.get("context", self.context)
 
-    def _wait_ready(self, deployment: Deployment, component: str, timeout_s: float) -> None:
+    def _wait_ready(self, deployment: Deployment, component: str, address: str, timeout_s: float) -> None:
+        """Until the component's pod reports ready (its probe); a pod that cannot start fails at once."""
         deadline = time.monotonic() + timeout_s
         record = next(c for c in deployment.components if c.name == component)
         while time.monotonic() < deadline:
@@ -283,11 +330,12 @@ class KubernetesOrchestrator(Orchestrator):
             if obj["kind"] == "Service":
                 self._cluster_ips[obj["metadata"]["labels"][COMPONENT_LABEL]] = created.spec.cluster_ip
 
-    def _control_address(self, plan: RunPlan, builder: ManifestBuilder) -> str:
-        """The root Service's cluster IP: reachable from a cluster node, where the controller runs (see README)."""
-        ip = self._cluster_ips.get("superlink")
+    def _reach(self, builder: ManifestBuilder, superlink: str) -> str:
+        """Where the controller reaches a SuperLink's Control API: its Service's cluster IP, reachable from a
+        cluster node, where the controller runs (see README)."""
+        ip = self._cluster_ips.get(label_value(superlink))
         if not ip:
-            raise DeployError(f"the Service {object_name(plan.run_id, 'superlink')} got no cluster IP")
+            raise DeployError(f"the Service {object_name(builder.plan.run_id, superlink)} got no cluster IP")
         return f"{ip}:{SUPERLINK_PORT}"
 
     def _pods(self, run_id: str) -> list[PodView]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import time
 from typing import Any
 
+from flops.credentials import write_private
 from flops.errors import DeployError
 from flops.orchestrators.base import Deployment, wait_for_port
 from flops.orchestrators.k8s_manifests import (
@@ -14,8 +16,9 @@ from flops.orchestrators.k8s_manifests import (
     component_ports,
     object_name,
     run_selector,
+    to_yaml,
 )
-from flops.orchestrators.kubernetes import KubernetesOrchestrator, PodView, manifest_path
+from flops.orchestrators.kubernetes import KubernetesOrchestrator, PodView
 from flops.orchestrators.local import free_port
 from flops.plan import RunPlan
 
@@ -55,22 +58,46 @@ class PodmanKubeOrchestrator(KubernetesOrchestrator):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._listing: dict[str, tuple[float, list[PodView]]] = {}  # run id -> (when, its containers)
+        self._config_maps: dict[str, list[dict[str, Any]]] = {}  # run id -> its ConfigMaps, played with each stage
 
     def _ports(self, plan: RunPlan) -> dict[str, int]:
         return component_ports(plan, free_port)
 
     def _apply(self, objects: list[dict[str, Any]], plan: RunPlan) -> None:
+        """Play the Deployments among OBJECTS with the run's ConfigMaps (podman reads them from the same file);
+        Secrets become podman secrets first."""
+        kept = self._config_maps.setdefault(plan.run_id, [])
+        kept += [o for o in objects if o["kind"] == "ConfigMap"]
+        for secret in (o for o in objects if o["kind"] == "Secret"):
+            self._create_secret(plan, secret)
+        deployments = [o for o in objects if o["kind"] == "Deployment"]
+        if not deployments:
+            return
         image = self.image or plan.image or ""
         tls = ["--tls-verify=false"] if _loopback_registry(image) else []  # the plain-HTTP test registry
-        _podman("kube", "play", *tls, str(manifest_path(plan.run_dir)))
+        stage = plan.run_dir / "podman-stage.yaml"
+        stage.write_text(to_yaml([*kept, *deployments]))
+        _podman("kube", "play", *tls, str(stage))
 
-    def _control_address(self, plan: RunPlan, builder: ManifestBuilder) -> str:
-        return builder.control_address()
+    @staticmethod
+    def _create_secret(plan: RunPlan, secret: dict[str, Any]) -> None:
+        """podman 4.3 mounts a Secret's `data` as its base64 text and ignores `stringData` (fixed in podman 4.4,
+        containers/podman#16625). Our credentials are PEM text: the podman secret gets them decoded, which 4.3
+        mounts as they are. (A cluster gets the Secret object itself.)"""
+        name = secret["metadata"]["name"]
+        decoded = {**secret, "data": {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}}
+        path = plan.run_dir / "credentials" / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_private(path, to_yaml([decoded]).encode())
+        subprocess.run(["podman", "secret", "rm", name], capture_output=True, stdin=subprocess.DEVNULL)
+        _podman("secret", "create", name, str(path))
 
-    def _wait_ready(self, deployment: Deployment, component: str, timeout_s: float) -> None:
+    def _reach(self, builder: ManifestBuilder, superlink: str) -> str:
+        return builder.address(superlink)
+
+    def _wait_ready(self, deployment: Deployment, component: str, address: str, timeout_s: float) -> None:
         """No readiness reporting in podman: wait for the SuperLink's port, fail at once if its container exits."""
         record = next(c for c in deployment.components if c.name == component)
-        port = int(deployment.control_address.rsplit(":", 1)[1])
 
         def exit_reason() -> str | None:
             pod = next((p for p in self._pods(deployment.run_id) if p.of(component)), None)
@@ -79,7 +106,7 @@ class PodmanKubeOrchestrator(KubernetesOrchestrator):
             self._save_log(deployment, record)
             return f"exited ({pod.phase}) while starting"
 
-        wait_for_port(port, record, timeout_s, exit_reason)
+        wait_for_port(int(address.rsplit(":", 1)[1]), record, timeout_s, exit_reason)
 
     def _pods(self, run_id: str) -> list[PodView]:
         # The controller asks every 0.5 s and a podman call is a heavy process: a listing serves for a while.

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import assert_one_line_error, run_flops, wait_for
+from conftest import assert_one_line_error, assert_only_error_line_on_stderr, run_flops, wait_for
 from containers.support import BASE, FIND_LINKS, REGISTRY, require_containers
 from flops.orchestrators.k8s_manifests import COMPONENT_LABEL, RUN_LABEL
 
@@ -95,6 +95,12 @@ def test_flat_run_reaches_finished_in_podman_pods_and_export_writes_the_same_obj
     exported = Path(export.last_json()["manifests"])
     exported_run = export.last_json()["run_id"]
     assert shape(exported) == shape(played)
+    # A TLS run is not exported (its keys are registered as its SuperLinks come up): one line, nothing recorded.
+    runs_before = sorted((workdir / "runs").iterdir())
+    refused = run_flops("export", tiny_task_repo.as_uri(), "--orchestrator", "podman-kube", "--image", image,
+                        "-o", str(tmp_path / "out-tls"), "--workdir", str(workdir))
+    assert "--insecure" in assert_only_error_line_on_stderr(refused)
+    assert sorted((workdir / "runs").iterdir()) == runs_before and not (tmp_path / "out-tls").exists()
     try:
         subprocess.run(["podman", "kube", "play", "--tls-verify=false", str(exported)], check=True,
                        capture_output=True, text=True)
@@ -115,7 +121,7 @@ def test_flat_run_reaches_finished_in_podman_pods_and_export_writes_the_same_obj
 
 
 @pytest.mark.timeout(3600)
-def test_hierarchical_run_reaches_finished_with_each_cluster_as_one_gateway_pod_and_no_host_folder(
+def test_hierarchical_tls_run_reaches_finished_with_each_cluster_as_one_gateway_pod_and_no_host_folder(
     tiny_task_repo: Path, tmp_path: Path, podman_conf: Path
 ) -> None:
     workdir = tmp_path / "work"
@@ -123,7 +129,7 @@ def test_hierarchical_run_reaches_finished_with_each_cluster_as_one_gateway_pod_
     config.write_text("startup_timeout_s: 900\n")
     submit = run_flops(
         "submit", tiny_task_repo.as_uri(), "--config", str(config), "--learners", "2", "--clusters", "1",
-        "--rounds", "2", "--local-rounds", "2", "--orchestrator", "podman-kube", "--insecure",
+        "--rounds", "2", "--local-rounds", "2", "--orchestrator", "podman-kube",  # TLS, SuperNode keys
         "--registry", REGISTRY, "--base-image", BASE, "--no-tls-verify",
         *(f"--pip-find-links={d}" for d in FIND_LINKS), "--platform-constraint", "linux/amd64=torch==2.13.0+cpu",
         "--workdir", str(workdir), "--json", "--detach", timeout_s=2400,
@@ -162,6 +168,14 @@ def test_hierarchical_run_reaches_finished_with_each_cluster_as_one_gateway_pod_
     assert pods_of(run_id) == []
     played = (workdir / "runs" / run_id / "kubernetes.yaml").read_text()
     assert "hostPath" not in played and "emptyDir" in played
+    # Every link was TLS with the run's CA and every SuperNode's key was registered (a refused or unregistered
+    # SuperNode never comes online, and the run would not have trained): one Secret per component, no --insecure.
+    objects = list(yaml.safe_load_all(played))
+    assert "--insecure" not in played
+    assert {o["metadata"]["labels"][COMPONENT_LABEL] for o in objects if o["kind"] == "Secret"} == {
+        "superlink", "cluster-0-superlink", "cluster-0-aggregator", "learner-0", "learner-1"}
+    secrets = subprocess.run(["podman", "secret", "ls", "--format", "{{.Name}}"], capture_output=True, text=True).stdout
+    assert f"flops-{run_id}" not in secrets  # the podman secrets went with the run
 
 
 @pytest.mark.timeout(2400)  # a two-platform image build

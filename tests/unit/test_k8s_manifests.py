@@ -31,7 +31,7 @@ IMAGE = "127.0.0.1:5000/flops/app@sha256:" + "a" * 64
 VERSIONS = ["1.30.0", kubernetes_validate.utils.latest_version()]
 
 
-def make_plan(tmp_path: Path, topology: dict, **config: object) -> RunPlan:
+def make_plan(tmp_path: Path, topology: dict, insecure: bool = True, **config: object) -> RunPlan:
     parsed = Topology.model_validate(topology)
     learners, clusters = plan_clusters(parsed)
     run_dir = tmp_path / "runs" / RUN_ID
@@ -40,7 +40,7 @@ def make_plan(tmp_path: Path, topology: dict, **config: object) -> RunPlan:
         source_name="src", app_dir=run_dir / "app", python=Path("/usr/bin/python3"),
         config=RunConfig.model_validate({"learners": len(learners), "clusters": len(clusters), **config}),
         orchestrator="kubernetes", image=IMAGE, tracking_uri="sqlite:///x.db", learners=learners,
-        clusters=clusters, topology=parsed, task_module="task", dependencies=["torch"],
+        clusters=clusters, topology=parsed, task_module="task", dependencies=["torch"], insecure=insecure,
     )
 
 
@@ -256,3 +256,52 @@ def test_kubernetes_refuses_addresses_and_ports_in_the_topology_file(topology: d
 
     with pytest.raises(ConfigError, match="^" + re.escape(f"topology: {field}")):
         KubernetesOrchestrator.check_placement(Topology.model_validate(topology), "loopback")
+
+
+def test_a_tls_run_gives_each_container_its_own_credentials_and_the_flags_that_use_them(tmp_path: Path) -> None:
+    from flops.orchestrators.k8s_manifests import CREDENTIALS_DIR, ManifestBuilder
+
+    plan = make_plan(tmp_path, HIERARCHICAL, insecure=False)
+    names = component_names(plan)
+    credentials = {name: {"ca.pem": b"CA"} for name in names}
+    objects = objects_of(plan, credentials=credentials)
+    for version in VERSIONS[:1]:
+        for obj in objects:
+            kubernetes_validate.validate(obj, version, strict=True)
+    assert len([o for o in objects if o["kind"] == "Secret"]) == len(names)
+    gateway = by_kind(objects, "Deployment")["cluster-0-gateway"]["spec"]["template"]["spec"]
+    superlink, aggregator = gateway["containers"]
+    assert "--insecure" not in superlink["args"] + aggregator["args"]
+    assert superlink["args"][-7:] == ["--ssl-ca-certfile", f"{CREDENTIALS_DIR}/ca.pem", "--ssl-certfile",
+                                      f"{CREDENTIALS_DIR}/server.pem", "--ssl-keyfile", f"{CREDENTIALS_DIR}/server.key",
+                                      "--enable-supernode-auth"]
+    assert aggregator["args"][-4:] == ["--root-certificates", f"{CREDENTIALS_DIR}/ca.pem",
+                                       "--auth-supernode-private-key", f"{CREDENTIALS_DIR}/node.key"]
+    # The aggregator reaches its cluster's Control API over TLS with the run's CA, from its own Secret.
+    node_config = aggregator["args"][aggregator["args"].index("--node-config") + 1]
+    assert f'cluster-superlink-ca="{CREDENTIALS_DIR}/ca.pem"' in node_config
+    # Two Secrets in one pod: each container mounts only its own.
+    mounts = [[m["name"] for m in c["volumeMounts"] if m["mountPath"] == CREDENTIALS_DIR] for c in (superlink, aggregator)]
+    assert mounts == [["credentials-0"], ["credentials-1"]]
+    secret_of = {v["name"]: v["secret"]["secretName"] for v in gateway["volumes"] if "secret" in v}
+    assert secret_of == {"credentials-0": object_name(RUN_ID, "cluster-0-superlink-credentials"),
+                         "credentials-1": object_name(RUN_ID, "cluster-0-aggregator-credentials")}
+    # A SuperLink's certificate names what its diallers use: its Service for pods, loopback for the pod itself.
+    hosts = ManifestBuilder(plan, ManifestOptions(image=IMAGE, namespace="fl")).superlink_hosts("cluster-0-superlink")
+    service = object_name(RUN_ID, "cluster-0-superlink")
+    assert hosts == [service, f"{service}.fl", f"{service}.fl.svc", f"{service}.fl.svc.cluster.local",
+                     "127.0.0.1", "localhost"]
+
+
+def test_components_are_created_in_stages_each_after_the_superlink_it_joins(tmp_path: Path) -> None:
+    from flops.orchestrators.k8s_manifests import ManifestBuilder
+
+    builder = ManifestBuilder(make_plan(tmp_path, HIERARCHICAL), ManifestOptions(image=IMAGE))
+    stages = [[w.name for w in stage] for stage in builder.stages()]
+    assert stages == [["superlink"], ["cluster-0-gateway", "cluster-1-gateway"], ["a", "b", "c", "d"]]
+    joins = {c.name: c.joins for c in builder.components() if not c.superlink}
+    assert joins == {"cluster-0-aggregator": "superlink", "cluster-1-aggregator": "superlink",
+                     "a": "cluster-0-superlink", "b": "cluster-0-superlink", "c": "cluster-1-superlink",
+                     "d": "cluster-1-superlink"}
+    flat = ManifestBuilder(make_plan(tmp_path, FLAT), ManifestOptions(image=IMAGE))
+    assert [[w.name for w in stage] for stage in flat.stages()] == [["superlink"], ["learner-0", "learner-1"]]

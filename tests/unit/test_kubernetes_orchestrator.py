@@ -236,3 +236,48 @@ def test_the_namespace_and_context_travel_with_the_plan_to_every_later_command(t
     assert isinstance(orchestrator, KubernetesOrchestrator)
     assert (orchestrator.namespace, orchestrator.context, orchestrator.image) == ("edge-lab", "k3s-site", IMAGE)
     assert orchestrator_for(make_plan(tmp_path, FLAT)).namespace == "default"  # a plan without a target
+
+
+def test_a_tls_run_registers_each_key_with_its_superlink_before_the_pod_that_holds_it_exists(
+    server: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The order of the recorded calls: no Flower SuperLink answers here, so registration (a Control API call,
+    run for real in test_kubernetes_podman) is recorded instead, with what existed in the cluster at that moment."""
+    import base64
+
+    from cryptography import x509
+
+    from flops.orchestrators.link_security import LinkSecurity
+
+    registered: list[tuple[str, str, set[str]]] = []
+
+    def register(self: LinkSecurity, name: str, address: str):  # noqa: ANN202
+        registered.append((name, address, {n for c, n in server.objects if c == "deployments"}))
+        self._registered.setdefault(address, {})[name] = len(registered)
+        return self.authority.node_key(name)
+
+    monkeypatch.setattr(LinkSecurity, "register", register)
+    monkeypatch.setattr(LinkSecurity, "wait_until_online", lambda self, *a: None)
+    plan = make_plan(tmp_path, HIERARCHICAL, insecure=False)
+    plan.run_dir.mkdir(parents=True)
+    deployment = orchestrator_for(server).deploy(plan)
+    ip = {n.removeprefix(f"flops-{RUN_ID}-"): o["spec"]["clusterIP"] for (c, n), o in server.objects.items() if c == "services"}
+    by_name = {name: (address, existing) for name, address, existing in registered}
+    assert set(by_name) == {"cluster-0-aggregator", "cluster-1-aggregator", "a", "b", "c", "d"}
+    # An aggregator's key is registered at the root, before its gateway pod exists; a learner's at its cluster's
+    # SuperLink (dialled at its Service's cluster IP), once that gateway exists and before the learner's pod does.
+    address, existing = by_name["cluster-0-aggregator"]
+    assert address == f"{ip['superlink']}:9092" and existing == {f"flops-{RUN_ID}-superlink"}
+    address, existing = by_name["a"]
+    assert address == f"{ip['cluster-0-superlink']}:9092"
+    assert f"flops-{RUN_ID}-cluster-0-gateway" in existing and f"flops-{RUN_ID}-a" not in existing
+    assert deployment.node_ids == {"cluster-0-aggregator": 1, "cluster-1-aggregator": 2}
+    assert deployment.ca_cert is not None and deployment.ca_cert.is_file()
+    # The root's certificate names its Service's cluster IP (the controller dials it) and its DNS names.
+    secret = server.objects[("secrets", f"flops-{RUN_ID}-superlink-credentials")]
+    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["server.pem"]))
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ip["superlink"] in {str(a) for a in names.get_values_for_type(x509.IPAddress)}
+    assert f"flops-{RUN_ID}-superlink.edge.svc" in names.get_values_for_type(x509.DNSName)
+    learner = server.objects[("secrets", f"flops-{RUN_ID}-a-credentials")]
+    assert set(learner["data"]) == {"ca.pem", "node.key"}
