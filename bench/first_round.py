@@ -2,9 +2,10 @@
 
 The CLI is started here; the run's event log (output/events.jsonl) is watched for the first round >= 1, and the
 state file for the moment the controller starts the Flower run (deployment done). Container orchestrators get
---image (an image already in the registry), so no build is timed. Every run is --insecure (see first_round).
+--image (an image already in the registry), so no build is timed. Every run is TLS with SuperNode authentication
+(the default), or --insecure for all.
 
-    python bench/first_round.py --image REF [--orchestrators local podman-kube] [--repeat 2]
+    python bench/first_round.py --image REF [--orchestrators local podman-kube] [--repeat 2] [--insecure]
     (podman-kube needs CONTAINERS_CONF naming a containers.conf with runtime runc on Debian's podman 4.3)
 """
 
@@ -22,13 +23,11 @@ from common import FLOPS_CLI, example_repo, fmt, load_average, round_events
 
 
 def first_round(source: str, workdir: Path, orchestrator: str, image: str | None, learners: int,
-                config: str | None = None) -> tuple[float, float]:
+                config: str | None = None, insecure: bool = False) -> tuple[float, float]:
     """(seconds to the Flower run starting, seconds to the first round's event) of one submit."""
     argv = [str(FLOPS_CLI), "submit", source, "--workdir", str(workdir), "--json", "--learners", str(learners),
             "--rounds", "2", "--orchestrator", orchestrator, *(["--image", image] if image else []),
-            # Kubernetes runs do not carry the run's TLS material yet: every orchestrator runs --insecure here, so
-            # the figures compare like with like (TLS itself costs ~nothing per round, see the TLS section).
-            "--insecure",
+            *(["--insecure"] if insecure else []),
             *(["--config", config] if config else [])]
     before = set(workdir.glob("runs/*"))
     start = time.perf_counter()
@@ -57,18 +56,19 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--config", help="run config file (e.g. a longer startup_timeout_s on a busy machine)")
     parser.add_argument("--workdir", type=Path, help="work dir to reuse (its cached run environment)")
+    parser.add_argument("--insecure", action="store_true", help="every run --insecure (plain-text Flower links)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="flops-first-round-") as tmp:
         source = args.source or example_repo(Path(tmp))
         workdir = args.workdir or Path(tmp) / "work"
         if args.workdir is None:  # one untimed run first: the run environment is cached, as in everyday use
-            first_round(source, workdir, "local", None, args.learners, args.config)
+            first_round(source, workdir, "local", None, args.learners, args.config, args.insecure)
         load = load_average()
         for orchestrator in args.orchestrators:
             image = None if orchestrator == "local" else args.image
-            results = [first_round(source, workdir, orchestrator, image, args.learners, args.config)
+            results = [first_round(source, workdir, orchestrator, image, args.learners, args.config, args.insecure)
                        for _ in range(args.repeat)]
-            print(f"{orchestrator}: flower run started {fmt([r[0] for r in results])}, "
+            print(f"{orchestrator}{' --insecure' if args.insecure else ' (TLS)'}: flower run started {fmt([r[0] for r in results])}, "
                   f"first round {fmt([r[1] for r in results])} (n={args.repeat}, load {load} -> {load_average()})",
                   flush=True)
 

@@ -123,6 +123,17 @@ def test_root_model_is_the_example_weighted_average_of_the_cluster_models(exact_
 
 
 @pytest.mark.timeout(2700)
+def test_each_cluster_keeps_one_flower_run_for_every_global_round(exact_run: SubmittedRun) -> None:
+    # One cluster run serves all global rounds: its ServerApp and its learners' warm workers load once per run.
+    run_dir = Path(exact_run.summary["run_dir"])
+    done = exact_run.summary["rounds_completed"]
+    for cluster in ("cluster-0", "cluster-1"):
+        requests = [json.loads(p.read_text()) for p in (run_dir / "hosts" / cluster).glob("round-*/request.json")]
+        assert sorted(r["global_round"] for r in requests)[:done] == list(range(1, done + 1)), requests
+        assert len({r["cluster_run"] for r in requests}) == 1, requests
+
+
+@pytest.mark.timeout(2700)
 def test_each_host_had_its_own_address_and_nothing_of_the_network_is_left(exact_run: SubmittedRun) -> None:
     state = run_state(exact_run.workdir, exact_run.summary["run_id"])
     deployment = state["deployment"]

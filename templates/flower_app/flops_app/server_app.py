@@ -1,6 +1,6 @@
 """FLOps aggregators. Tier "root": FedAvg over the learners (flat) or the cluster aggregators
-(hierarchical), central evaluation, one event per global round. Tier "cluster": one global round's
-local rounds of FedAvg over a cluster's learners, started by that cluster's aggregator."""
+(hierarchical), central evaluation, one event per global round. Tier "cluster": a cluster's run, started by
+that cluster's aggregator, doing each global round's local rounds of FedAvg over the cluster's learners."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 from flops_app.aggregation import non_finite, payload_bytes
 from flops_app.checkpoint import load_checkpoint, save_checkpoint
 from flops_app.events import EventLog, load_arrays, npy_bytes, npz_bytes
+from flops_app.handover import RESULT, next_request
 from flops_app.prompt_grid import PromptGrid
 from flops_app.strategy import LearnerFailed, build_strategy
 from flops_app.user_task import UserCodeError, input_example, load_task
@@ -34,17 +35,26 @@ def main(grid: Grid, context: Context) -> None:
     grid.wait_for_nodes(int(cfg["min-available-nodes"]), float(cfg["round-timeout-s"]))
     try:
         if tier == "cluster":
-            _cluster_federation(grid, cfg, events)
+            _cluster_federation(grid, cfg, events, context.run_id)
         else:
             _root_federation(grid, cfg, events)
     except Exception as exc:
-        traceback.print_exc()
-        plain = isinstance(exc, LearnerFailed) or str(exc).startswith(("learner", "cluster"))
-        message = str(exc) if plain else f"{tier} aggregator: {type(exc).__name__}: {exc}"
-        if isinstance(exc, UserCodeError):  # the user's function and line, and a file with the full traceback
-            message = f"{tier} aggregator: {exc}{_save_traceback(events, tier, exc.details)}"
-        events.emit("failed", message=message)
+        if not isinstance(exc, FailureReported):
+            _report_failure(events, tier, exc)
         raise
+
+
+class FailureReported(Exception):
+    """A failure already reported where its reader looks (a cluster's round folder)."""
+
+
+def _report_failure(events: EventLog, tier: str, exc: Exception) -> None:
+    traceback.print_exc()
+    plain = isinstance(exc, LearnerFailed) or str(exc).startswith(("learner", "cluster"))
+    message = str(exc) if plain else f"{tier} aggregator: {type(exc).__name__}: {exc}"
+    if isinstance(exc, UserCodeError):  # the user's function and line, and a file with the full traceback
+        message = f"{tier} aggregator: {exc}{_save_traceback(events, tier, exc.details)}"
+    events.emit("failed", message=message)
 
 
 def _save_traceback(events: EventLog, tier: str, details: str) -> str:
@@ -159,10 +169,30 @@ def _root_federation(grid: Grid, cfg: dict, events: EventLog) -> None:
     events.emit("finished", rounds=num_rounds, stopped_early=stopped)
 
 
-def _cluster_federation(grid: Grid, cfg: dict, events: EventLog) -> None:
+def _cluster_federation(grid: Grid, cfg: dict, events: EventLog, run_id: int) -> None:
+    """One cluster run for the whole federation: the local rounds of each global round its aggregator asks for
+    (handover.py), so this process and the learners' warm workers stay loaded between global rounds. Ends after
+    the root's last round, or when no round was asked for twice the round timeout (the aggregator starts a new
+    run if one comes later)."""
+    base = events.output_dir
+    if base is None:
+        raise RuntimeError("a cluster run needs flops-output-dir, its hand-over folder")
+    done: set[str] = set()
+    while (request := next_request(base, run_id, done, 2 * float(cfg["round-timeout-s"]))) is not None:
+        work = EventLog(str(request.folder))
+        try:
+            _cluster_round(grid, cfg, work, request.global_round)
+        except Exception as exc:
+            _report_failure(work, "cluster", exc)  # where the aggregator waiting for this round looks
+            raise FailureReported(str(exc)) from exc
+        done.add(request.ask)
+        if request.last:
+            return
+
+
+def _cluster_round(grid: Grid, cfg: dict, events: EventLog, global_round: int) -> None:
     strategy = _strategy(cfg)
     local_rounds = int(cfg["num-server-rounds"])
-    global_round = int(cfg["flops-global-round"])
 
     def report_local_round(local_round: int, _arrays: ArrayRecord) -> None:
         if local_round:
@@ -170,7 +200,7 @@ def _cluster_federation(grid: Grid, cfg: dict, events: EventLog) -> None:
                         **strategy.round_stats.get(local_round, {}))
 
     result = strategy.start(
-        grid=grid, initial_arrays=ArrayRecord(load_arrays(str(cfg["flops-initial-weights"]))),
+        grid=grid, initial_arrays=ArrayRecord(load_arrays(str(events.output_dir / "initial.npz"))),
         num_rounds=local_rounds, timeout=float(cfg["round-timeout-s"]), train_config=_train_config(cfg),
         evaluate_fn=report_local_round,
     )
@@ -179,7 +209,7 @@ def _cluster_federation(grid: Grid, cfg: dict, events: EventLog) -> None:
     if result.arrays is None:
         raise RuntimeError("no local round of this cluster reached its quorum")
     events.save_arrays(result.arrays.to_numpy_ndarrays())
-    events.save_json("cluster_result.json", {
+    events.save_json(RESULT, {
         "examples": last.get("examples", 0),  # the last local round's examples, never a running total
         "bytes_to_cluster": sum(r.get("bytes_to_root", 0) for r in rounds),
         "bytes_from_cluster": sum(r.get("bytes_from_root", 0) for r in rounds),
