@@ -79,21 +79,23 @@ class Workload:
     keeps_state: bool = False  # gets STATE_DIR (an emptyDir)
 
 
-def object_name(run_id: str, component: str) -> str:
-    """A DNS-1123 label for the component's objects: lowercase, '-' for other characters, at most 63."""
-    name = re.sub(r"[^a-z0-9-]+", "-", f"flops-{run_id}-{component}".lower()).strip("-")
+def dns_label(text: str) -> str:
+    """A DNS-1123 label: lowercase, '-' for other characters, at most 63 (a long one keeps a digest of the rest)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
     if len(name) <= 63:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
     return f"{name[:54].rstrip('-')}-{digest}"
 
 
+def object_name(run_id: str, component: str) -> str:
+    """The name of the component's objects."""
+    return dns_label(f"flops-{run_id}-{component}")
+
+
 def container_name(component: str) -> str:
-    """A DNS-1123 label naming a component's container (topology names may hold capitals, '_' or '.')."""
-    name = re.sub(r"[^a-z0-9-]+", "-", component.lower()).strip("-")
-    if len(name) <= 63:
-        return name
-    return f"{name[:54].rstrip('-')}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    """The name of a component's container (topology names may hold capitals, '_' or '.')."""
+    return dns_label(component)
 
 
 def component_ports(plan: RunPlan, free_port: Any) -> dict[str, int]:
@@ -140,10 +142,6 @@ class ManifestBuilder:
             return f"127.0.0.1:{self._port(superlink)}"
         return f"{object_name(self.plan.run_id, superlink)}.{self.options.namespace}.svc:{SUPERLINK_PORT}"
 
-    def control_address(self) -> str:
-        """Where the controller reaches the root's Control API (host network; else the Service's cluster IP)."""
-        return self.address("superlink")
-
     def _port(self, component: str) -> int:
         if not self.options.host_network:
             return SUPERNODE_PORT
@@ -177,15 +175,18 @@ class ManifestBuilder:
 
     def _gateway_address(self, superlink: str) -> str:
         """The aggregator dials its cluster's SuperLink inside their shared pod: loopback, no Service hop."""
-        port = self._port(superlink) if self.options.host_network else SUPERLINK_PORT
-        return f"127.0.0.1:{port}"
+        return f"127.0.0.1:{self._superlink_port(superlink)}"
+
+    def _superlink_port(self, name: str) -> int:
+        """Where a SuperLink listens: its own port on the host network, else the one port of every SuperLink pod."""
+        return self._port(name) if self.options.host_network else SUPERLINK_PORT
 
     def _placement(self, node_name: str) -> Placement | None:
         topology = self.plan.topology
         return topology.placement_of(node_name) if topology is not None else None
 
     def _superlink(self, name: str, role: str) -> Component:
-        port = self._port(name) if self.options.host_network else SUPERLINK_PORT
+        port = self._superlink_port(name)
         host = "127.0.0.1" if self.options.host_network else "0.0.0.0"
         return Component(name, role, ["--host", host, "--port", str(port)], port, True)
 

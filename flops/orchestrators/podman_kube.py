@@ -133,6 +133,7 @@ class PodmanKubeOrchestrator(KubernetesOrchestrator):
 
     def _delete_all(self, run_id: str) -> None:
         self._listing.pop(run_id, None)
+        self._config_maps.pop(run_id, None)
         # podman 4.3 can refuse a pod removal while it is still taking the pod's containers down
         # ("a container that depends on ... still exists"): list again and retry before giving up.
         for attempt in range(STOP_ATTEMPTS):

@@ -41,23 +41,28 @@ def shape(manifest: Path) -> list[tuple[str, str]]:
     return [(o["kind"], o["metadata"]["labels"][COMPONENT_LABEL]) for o in yaml.safe_load_all(manifest.read_text())]
 
 
-@pytest.mark.timeout(3600)  # image build, run environment and a federation in containers on a shared machine
-def test_flat_run_reaches_finished_in_podman_pods_and_export_writes_the_same_objects(
-    tiny_task_repo: Path, tmp_path: Path, podman_conf: Path
-) -> None:
-    workdir = tmp_path / "work"
+def submit_detached(repo: Path, tmp_path: Path, workdir: Path, *run_args: str) -> str:
+    """`flops submit --orchestrator podman-kube --detach` of the fixture app, its image built for this machine;
+    returns the run id."""
     # A container's first start compiles its imports (the image holds no bytecode): slow on a busy machine.
     config = tmp_path / "flops.yaml"
     config.write_text("startup_timeout_s: 900\n")
     submit = run_flops(
-        "submit", tiny_task_repo.as_uri(), "--config", str(config), "--learners", "2", "--rounds", "2",
-        "--orchestrator", "podman-kube", "--insecure",
+        "submit", repo.as_uri(), "--config", str(config), *run_args, "--orchestrator", "podman-kube",
         "--registry", REGISTRY, "--base-image", BASE, "--no-tls-verify",
         *(f"--pip-find-links={d}" for d in FIND_LINKS), "--platform-constraint", "linux/amd64=torch==2.13.0+cpu",
         "--workdir", str(workdir), "--json", "--detach", timeout_s=2400,
     )
     assert submit.returncode == 0, submit.output
-    run_id = submit.last_json()["run_id"]
+    return submit.last_json()["run_id"]
+
+
+@pytest.mark.timeout(3600)  # image build, run environment and a federation in containers on a shared machine
+def test_flat_run_reaches_finished_in_podman_pods_and_export_writes_the_same_objects(
+    tiny_task_repo: Path, tmp_path: Path, podman_conf: Path
+) -> None:
+    workdir = tmp_path / "work"
+    run_id = submit_detached(tiny_task_repo, tmp_path, workdir, "--learners", "2", "--rounds", "2", "--insecure")
 
     def status() -> dict:
         return run_flops("status", run_id, "--workdir", str(workdir), "--json").last_json()
@@ -125,17 +130,8 @@ def test_hierarchical_tls_run_reaches_finished_with_each_cluster_as_one_gateway_
     tiny_task_repo: Path, tmp_path: Path, podman_conf: Path
 ) -> None:
     workdir = tmp_path / "work"
-    config = tmp_path / "flops.yaml"
-    config.write_text("startup_timeout_s: 900\n")
-    submit = run_flops(
-        "submit", tiny_task_repo.as_uri(), "--config", str(config), "--learners", "2", "--clusters", "1",
-        "--rounds", "2", "--local-rounds", "2", "--orchestrator", "podman-kube",  # TLS, SuperNode keys
-        "--registry", REGISTRY, "--base-image", BASE, "--no-tls-verify",
-        *(f"--pip-find-links={d}" for d in FIND_LINKS), "--platform-constraint", "linux/amd64=torch==2.13.0+cpu",
-        "--workdir", str(workdir), "--json", "--detach", timeout_s=2400,
-    )
-    assert submit.returncode == 0, submit.output
-    run_id = submit.last_json()["run_id"]
+    run_id = submit_detached(tiny_task_repo, tmp_path, workdir, "--learners", "2", "--clusters", "1", "--rounds", "2",
+                             "--local-rounds", "2")  # TLS and SuperNode keys: the default
 
     def status() -> dict:
         return run_flops("status", run_id, "--workdir", str(workdir), "--json").last_json()
