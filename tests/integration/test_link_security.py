@@ -143,11 +143,12 @@ def _bare_plan(tmp_path: Path, name: str):  # noqa: ANN202 - a RunPlan with no a
         learners=plan_learners(2),
     )
     plan.logs_dir.mkdir(parents=True)
-    # SuperNodes start through the app's warm launcher (flwr and the standard library only): that file is all the
-    # app a deploy needs.
-    launcher = Path(__file__).resolve().parents[2] / "templates" / "flower_app" / "flops_app" / "warm_executor.py"
+    # SuperNodes start through the app's warm launcher and prompt SuperNode (flwr and the standard library only):
+    # those files are all the app a deploy needs.
+    templates = Path(__file__).resolve().parents[2] / "templates" / "flower_app" / "flops_app"
     (plan.app_dir / "flops_app").mkdir(parents=True)
-    shutil.copyfile(launcher, plan.app_dir / "flops_app" / "warm_executor.py")
+    for script in ("warm_executor.py", "prompt_supernode.py"):
+        shutil.copyfile(templates / script, plan.app_dir / "flops_app" / script)
     return plan
 
 

@@ -29,6 +29,7 @@ class ProbedRun:
     result: FlopsResult
     calls: list[tuple[str, int, str]]  # (call, pid, partition) in the order they happened
     final_weights: list[np.ndarray]
+    run_dir: Path
 
     def pids(self, call: str, partition: str) -> list[int]:
         return [pid for c, pid, p in self.calls if c == call and p == partition]
@@ -48,7 +49,7 @@ def _submit(repo: Path, base: Path, cold: bool) -> ProbedRun:
     calls = [(c, int(pid), p) for c, pid, p in (line.split() for line in (probe / "probe.log").read_text().splitlines())]
     with np.load(Path(summary["run_dir"]) / "output" / "final_model.npz") as saved:
         weights = [saved[k] for k in saved.files]
-    return ProbedRun(result, calls, weights)
+    return ProbedRun(result, calls, weights, Path(summary["run_dir"]))
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,9 @@ def test_each_learner_keeps_one_process_and_loads_its_data_once(warm_and_cold: t
         # input example are loaded by processes of their own).
         assert [p for p in warm.pids("load_data", f"{i}/{LEARNERS}") if p in trains] == trains[:1], warm.calls
         learner_pids |= set(trains)
+        # Its SuperNode ran Flower's loop with the short idle poll (prompt_supernode.py found what it replaces).
+        log = (warm.run_dir / "logs" / f"learner-{i}.log").read_text()
+        assert "[prompt-supernode] idle poll" in log, log[-2000:]
     assert len(learner_pids) == LEARNERS, warm.calls
     # The cold path, for contrast: a fresh process, and a fresh load_data(), per message.
     for i in range(LEARNERS):

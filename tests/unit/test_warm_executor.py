@@ -111,3 +111,72 @@ def test_the_image_runs_learners_and_cluster_aggregators_warm() -> None:
     for role in ("learner)", "cluster-aggregator)"):
         branch = script.split(f"  {role}", 1)[1].split(";;", 1)[0]
         assert warm in branch, branch
+
+
+# --- prompt_supernode: Flower's SuperNode loop with short idle sleeps ---
+
+prompt_supernode = _load("prompt_supernode")
+
+
+def test_the_launcher_starts_flower_supernode_through_the_prompt_script() -> None:
+    launcher = warm_executor.Launcher(["/venv/bin/flower-supernode", "--insecure"], poll_interval=0.05)
+    assert launcher.supernode_argv[:3] == [sys.executable, str(warm_executor.PROMPT_SUPERNODE), "--insecure"]
+    other = warm_executor.Launcher(["/opt/my-supernode", "--insecure"], poll_interval=0.05)
+    assert other.supernode_argv[0] == "/opt/my-supernode"
+
+
+def test_flowers_installed_supernode_loop_is_the_one_the_prompt_script_replaces_sleeps_in(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fails when a Flower upgrade moves the loop's sleeps or its pull function: the 3 s poll would be back."""
+    import inspect
+
+    from flwr.supernode import start_client_internal as loop
+
+    source = inspect.getsource(loop)
+    assert f"time.sleep({prompt_supernode.FLOWER_IDLE_SLEEP_S})" in source
+    assert f"time.sleep({prompt_supernode.FLOWER_LOCAL_WAIT_S})" in source
+    monkeypatch.setattr(loop, "time", loop.time)  # restored after the test
+    monkeypatch.setattr(loop, "_pull_and_store_message", loop._pull_and_store_message)
+    clock = prompt_supernode.install(loop)
+    assert isinstance(clock, prompt_supernode.PromptClock)
+    assert loop.time is clock and loop.time.monotonic is time.monotonic
+
+
+def test_an_unknown_loop_is_left_as_it_is() -> None:
+    unknown = SimpleNamespace(time=SimpleNamespace(sleep=time.sleep), _pull_and_store_message=lambda: None)
+    assert prompt_supernode.install(unknown) is None
+    assert prompt_supernode.install(SimpleNamespace(time=time)) is None
+
+
+def test_the_idle_poll_backs_off_to_its_cap_and_restarts_short_after_a_message(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(prompt_supernode.time, "sleep", slept.append)
+    pulls = iter([None, None, None, None, None, None, None, None, 7, None])
+    loop = SimpleNamespace(time=time, _pull_and_store_message=lambda **_: next(pulls))
+    clock = prompt_supernode.install(loop)
+    for _ in range(10):
+        if loop._pull_and_store_message(state=None) is None:
+            loop.time.sleep(3)
+    loop.time.sleep(0.5)  # the loop's wait for a reply in its own state
+    loop.time.sleep(7)  # any other sleep is kept
+    idle = slept[:9]
+    assert idle[0] == prompt_supernode.FIRST_IDLE_POLL_S
+    assert all(b >= a for a, b in zip(idle[:7], idle[1:8])) and max(idle) == prompt_supernode.MAX_IDLE_POLL_S
+    assert idle[8] == prompt_supernode.FIRST_IDLE_POLL_S  # the pull after the message polls short again
+    assert slept[9:] == [prompt_supernode.LOCAL_WAIT_TICK_S, 7]
+    assert clock.idle_poll_s > prompt_supernode.FIRST_IDLE_POLL_S
+
+
+def test_the_worker_pulls_its_message_with_a_short_retry_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower's own pull function, with the keyword arguments it documents; fails if an upgrade drops them."""
+    import inspect
+
+    from flwr.supernode.runtime import run_clientapp
+
+    flowers = run_clientapp.pull_and_inflate_object_from_tree
+    monkeypatch.setattr(run_clientapp, "pull_and_inflate_object_from_tree", flowers)  # restored after the test
+    assert set(warm_executor.MESSAGE_PULL_BACKOFF_S) <= set(inspect.signature(flowers).parameters)
+    warm_executor._prompt_message_pulls()
+    prompt = run_clientapp.pull_and_inflate_object_from_tree
+    assert prompt.func is flowers and prompt.keywords == warm_executor.MESSAGE_PULL_BACKOFF_S

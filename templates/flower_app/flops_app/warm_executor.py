@@ -3,7 +3,8 @@ run's ClientApp (the user's task, model and data) loaded and serves every messag
 
     python warm_executor.py [--poll-interval S] -- flower-supernode --insecure --superlink HOST:PORT ...
 
-The launcher is the component's one process group: it starts the SuperNode as its child, takes the
+The launcher is the component's one process group: it starts the SuperNode as its child (through
+prompt_supernode.py, which shortens Flower's idle sleeps, when the command is `flower-supernode`), takes the
 SuperNode's ClientApp tasks over the Runtime API (as Flower's SuperExec would) and hands each task's token
 to the worker of that task's run and FAB. A new run or FAB gets a new worker; the previous one is retired.
 The launcher exits when the SuperNode does (with its code); a worker that dies mid-task is answered with a
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import os
 import select
 import signal
@@ -28,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+PROMPT_SUPERNODE = Path(__file__).resolve().parent / "prompt_supernode.py"
 RUNTIME_API_DEFAULT = ("127.0.0.1", 9094)  # flower-supernode's own defaults for --host / --port
 CLIENT_APP_TASK = "flwr-clientapp"
 STOP_GRACE_S = 5.0
@@ -35,6 +38,10 @@ WAIT_TICK_S = 0.2
 # Flower's code for "the ClientApp raised", as in client_app.py.
 CLIENT_APP_RAISED_EXCEPTION = 2
 PR_SET_PDEATHSIG = 1
+# Flower retries an object that is not stored yet after 1 s, doubling (flwr/supercore/constant.py). A worker asks
+# for its message while the SuperNode is still storing it (~0.3 s), so it would wait that second on nearly
+# every message; the store is local, so the worker looks again after 20 ms instead.
+MESSAGE_PULL_BACKOFF_S = {"initial_backoff": 0.02, "backoff_cap": 0.5}
 
 
 def _die_with_parent() -> None:
@@ -141,6 +148,8 @@ class Launcher:
     def __init__(self, supernode_argv: list[str], poll_interval: float) -> None:
         if "--isolation" not in supernode_argv:
             supernode_argv = [*supernode_argv, "--isolation", "process"]
+        if Path(supernode_argv[0]).name == "flower-supernode":
+            supernode_argv = [sys.executable, str(PROMPT_SUPERNODE), *supernode_argv[1:]]
         self.supernode_argv = supernode_argv
         self.runtime_api = _runtime_api_address(supernode_argv)
         self.poll_interval = poll_interval
@@ -270,8 +279,17 @@ class _Ids:
     node_id: int
 
 
+def _prompt_message_pulls() -> None:
+    """Give run_clientapp's message pull our retry backoff (keyword arguments of Flower's own function)."""
+    from flwr.supernode.runtime import run_clientapp
+
+    run_clientapp.pull_and_inflate_object_from_tree = functools.partial(
+        run_clientapp.pull_and_inflate_object_from_tree, **MESSAGE_PULL_BACKOFF_S)
+
+
 def serve_worker(runtime_api: str, task_fd: int, result_fd: int) -> None:
     """Worker loop: one token per line; the ClientApp is loaded on the first task and kept."""
+    _prompt_message_pulls()
     loaded: dict[str, object] = {}
     with os.fdopen(task_fd, "rb", buffering=0) as tasks, os.fdopen(result_fd, "wb", buffering=0) as results:
         for line in tasks:
