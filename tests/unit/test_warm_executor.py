@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import time
 from pathlib import Path
@@ -180,3 +181,35 @@ def test_the_worker_pulls_its_message_with_a_short_retry_backoff(monkeypatch: py
     warm_executor._prompt_message_pulls()
     prompt = run_clientapp.pull_and_inflate_object_from_tree
     assert prompt.func is flowers and prompt.keywords == warm_executor.MESSAGE_PULL_BACKOFF_S
+
+
+def test_the_supernode_tells_the_launcher_when_a_message_is_stored() -> None:
+    read_end, write_end = os.pipe()
+    try:
+        pulls = iter([None, 11, None, 12])
+        loop = SimpleNamespace(time=time, _pull_and_store_message=lambda **_: next(pulls))
+        prompt_supernode.install(loop, notify_fd=write_end)
+        for _ in range(4):
+            loop._pull_and_store_message(state=None)
+        assert os.read(read_end, 16) == b"rmm"  # ready, then one byte per stored message
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_the_launcher_waits_for_the_supernodes_word_and_not_longer() -> None:
+    launcher = warm_executor.Launcher(["flower-supernode"], poll_interval=0.05)
+    launcher.pulled, write_end = os.pipe()
+    os.write(write_end, b"r")
+    started = time.monotonic()
+    launcher._wait_for_a_message()
+    assert launcher.told and time.monotonic() - started < warm_executor.TOLD_POLL_S
+    os.write(write_end, b"m")
+    launcher._wait_for_a_message()  # returns on the byte, not after TOLD_POLL_S
+    assert time.monotonic() - started < warm_executor.TOLD_POLL_S
+    os.close(write_end)  # the SuperNode exited: no busy loop on the closed pipe, and nothing "told"
+    launcher.told = False
+    launcher._wait_for_a_message()
+    assert not launcher.told
+    launcher.stop()
+    assert launcher.pulled is None

@@ -10,11 +10,14 @@ are short: the idle poll starts at 0.1 s after a message and backs off to 1 s (s
 flood its SuperLink), and the local reply wait ticks at 20 ms. Flower's installed files are not touched;
 if its loop is not laid out as expected, the SuperNode runs as shipped and says so once.
 
-Runs as a script next to warm_executor.py, which starts it in place of `flower-supernode`.
+Runs as a script next to warm_executor.py, which starts it in place of `flower-supernode` and hands it the write
+end of a pipe (its number in FLOPS_MESSAGE_PULLED_FD): one byte there once the loop is ours, and one each time a
+message is stored and its ClientApp task is waiting, so the launcher takes the task at once instead of polling.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -25,6 +28,7 @@ FIRST_IDLE_POLL_S = 0.1
 IDLE_POLL_GROWTH = 1.5
 MAX_IDLE_POLL_S = 1.0
 LOCAL_WAIT_TICK_S = 0.02
+MESSAGE_PULLED_FD_ENV = "FLOPS_MESSAGE_PULLED_FD"
 
 
 class PromptClock:
@@ -50,21 +54,33 @@ class PromptClock:
         return getattr(time, name)
 
 
-def install(loop_module) -> PromptClock | None:  # noqa: ANN001 - flwr.supernode.start_client_internal
-    """Give the SuperNode loop a PromptClock; None (and nothing changed) if the loop is not the one we know."""
+def _tell(notify_fd: int | None, what: bytes) -> None:
+    """One byte to the launcher; never blocks or fails the SuperNode (a full pipe already says "look")."""
+    if notify_fd is not None:
+        try:
+            os.write(notify_fd, what)
+        except OSError:
+            pass
+
+
+def install(loop_module, notify_fd: int | None = None) -> PromptClock | None:  # noqa: ANN001 - Flower's module
+    """Give the SuperNode loop a PromptClock (and a byte on notify_fd per stored message); None, and nothing
+    changed, if the loop is not the one we know."""
     pull = getattr(loop_module, "_pull_and_store_message", None)
     if getattr(loop_module, "time", None) is not time or not callable(pull):
         return None
     clock = PromptClock()
 
     def pull_and_note(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - Flower's own signature
-        run_id = pull(*args, **kwargs)
+        run_id = pull(*args, **kwargs)  # returns once the message is stored and its task created
         if run_id is not None:
             clock.message_pulled()
+            _tell(notify_fd, b"m")
         return run_id
 
     loop_module.time = clock
     loop_module._pull_and_store_message = pull_and_note
+    _tell(notify_fd, b"r")
     return clock
 
 
@@ -79,7 +95,10 @@ def main(argv: list[str]) -> None:
 
     update_console_handler(timestamps=True)  # a learner's log says when each message came and went
 
-    if install(start_client_internal) is None:
+    notify_fd = int(os.environ[MESSAGE_PULLED_FD_ENV]) if MESSAGE_PULLED_FD_ENV in os.environ else None
+    if notify_fd is not None:
+        os.set_blocking(notify_fd, False)
+    if install(start_client_internal, notify_fd) is None:
         _log("Flower's SuperNode loop is not the one this script knows: its 3 s idle poll stays")
     else:
         _log(f"idle poll {FIRST_IDLE_POLL_S}-{MAX_IDLE_POLL_S} s instead of Flower's {FLOWER_IDLE_SLEEP_S} s")

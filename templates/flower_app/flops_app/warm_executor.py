@@ -31,6 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PROMPT_SUPERNODE = Path(__file__).resolve().parent / "prompt_supernode.py"
+MESSAGE_PULLED_FD_ENV = "FLOPS_MESSAGE_PULLED_FD"  # as in prompt_supernode.py
+# Once the SuperNode says when a message is stored, looking for a task without being told is only a safety net.
+TOLD_POLL_S = 1.0
 RUNTIME_API_DEFAULT = ("127.0.0.1", 9094)  # flower-supernode's own defaults for --host / --port
 CLIENT_APP_TASK = "flwr-clientapp"
 STOP_GRACE_S = 5.0
@@ -155,10 +158,15 @@ class Launcher:
         self.poll_interval = poll_interval
         self.supernode: subprocess.Popen | None = None
         self.worker: Worker | None = None
+        self.pulled: int | None = None  # read end of the SuperNode's "a message is stored" pipe
+        self.told = False  # the SuperNode has said it will tell (prompt_supernode.py installed)
 
     def run(self) -> int:
+        self.pulled, pulled_write = os.pipe()
         self.supernode = subprocess.Popen(self.supernode_argv, stdin=subprocess.DEVNULL,
-                                          preexec_fn=_die_with_parent)
+                                          preexec_fn=_die_with_parent, pass_fds=(pulled_write,),
+                                          env={**os.environ, MESSAGE_PULLED_FD_ENV: str(pulled_write)})
+        os.close(pulled_write)
         while not _port_open(self.runtime_api):
             if self.supernode.poll() is not None:
                 return self.supernode.returncode
@@ -190,6 +198,15 @@ class Launcher:
             if res.HasField("task") and res.token:
                 self._dispatch(res.task.run_id, res.task.fab_hash, res.token)
             else:
+                self._wait_for_a_message()
+
+    def _wait_for_a_message(self) -> None:
+        """Until the SuperNode says a message is stored, or the poll interval if it never says (stock SuperNode)."""
+        ready, _, _ = select.select([self.pulled], [], [], TOLD_POLL_S if self.told else self.poll_interval)
+        if ready:
+            if os.read(self.pulled, 4096):
+                self.told = True
+            else:  # the SuperNode closed its end: it is exiting, which the loop sees next
                 time.sleep(self.poll_interval)
 
     def _dispatch(self, run_id: int, fab_hash: str, token: str) -> None:
@@ -227,6 +244,9 @@ class Launcher:
 
     def stop(self) -> None:
         self._retire_worker()
+        if self.pulled is not None:
+            os.close(self.pulled)
+            self.pulled = None
         if self.supernode is not None and self.supernode.poll() is None:
             self.supernode.terminate()
             try:
