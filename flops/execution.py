@@ -185,7 +185,7 @@ def _monitor(plan: RunPlan, state: RunState, orchestrator: Any, deployment: Any,
     def follow() -> None:
         nonlocal finished, deadline
         done_before = state.rounds_completed
-        events = root.read(run_log.lines())
+        events = root.read(run_log.lines(), state.rounds_completed)
         finished = _follow_events(plan, state, tracker, progress, root, events, cluster_names) or finished
         if state.rounds_completed > done_before:
             deadline = time.monotonic() + watchdog_s

@@ -29,7 +29,8 @@ class RootEvents:
         self.output_dir = output_dir
         self.output_dir.mkdir(parents=True, exist_ok=True)
 
-    def read(self, lines: list[str]) -> list[dict[str, Any]]:
+    def read(self, lines: list[str], rounds_recorded: int = 0) -> list[dict[str, Any]]:
+        """The events among LINES; a round a resumed root sent again is skipped if ROUNDS_RECORDED has it."""
         events = []
         for line in lines:
             start = line.find(EVENT_PREFIX)  # Flower may put a log prefix before the printed text
@@ -43,6 +44,8 @@ class RootEvents:
                 continue
             if event["event"] == "file":
                 self._save_file(event)
+                continue
+            if event.get("resent") and int(event.get("round", 0)) <= rounds_recorded:
                 continue
             with open(self.output_dir / "events.jsonl", "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(event) + "\n")

@@ -34,6 +34,25 @@ class EventLog:
             fh.write(json.dumps(record, allow_nan=False) + "\n")
             fh.flush()
 
+    def recorded(self, event: str) -> list[dict[str, Any]]:
+        """This log's earlier events of one kind, from its file (a resumed aggregator's, before the restart)."""
+        path = self.output_dir / "events.jsonl" if self.output_dir is not None else None
+        if path is None or not path.exists():
+            return []
+        found = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the last line of a process killed while writing it
+            if isinstance(record, dict) and record.get("event") == event:
+                found.append(record)
+        return found
+
+    def resend(self, record: dict[str, Any]) -> None:
+        """Print an earlier event again, marked so, for a follower that may have missed it (not kept twice)."""
+        print(EVENT_PREFIX + json.dumps({**record, "resent": True}, allow_nan=False), flush=True)
+
     def _write_atomically(self, name: str, write) -> None:  # noqa: ANN001 - a writer taking a binary file
         if self.output_dir is None:
             return

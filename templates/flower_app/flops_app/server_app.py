@@ -153,6 +153,10 @@ def _root_federation(grid: Grid, cfg: dict, events: EventLog) -> None:
         return MetricRecord(central)
 
     events.emit("started", rounds=num_rounds, resumed_from=done, model_bytes=payload_bytes([task.get_weights(net)]))
+    # Rounds up to the checkpoint whose events FLOps may have lost with the process that died (it keeps each once).
+    for earlier in events.recorded("round"):
+        if 1 <= int(earlier["round"]) <= done:
+            events.resend(earlier)
     stopped = ""
     try:
         result = strategy.start(
