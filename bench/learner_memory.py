@@ -6,6 +6,9 @@ Submits bench/wine_mlp as a flat run per learner count (detached), and samples e
   between its processes count once per process) and of the summed USS (pages only those processes hold);
 - the whole run: the peak summed RSS of every process carrying the run id (root SuperLink, ServerApp, all learners);
 - seconds per round (the root's round events), median over the rounds after the first.
+Baseline, same run: the task alone, in one plain Python process without Flower or FLOps (its imports,
+load_data, then train and test once per round), peak RSS. What a learner's host holds above it is FLOps' and
+Flower's cost.
 Target: a learner's host <= 400 MB RSS; round time growing no faster than linearly in learners.
 
     python bench/learner_memory.py [--learners 3 12 24] [--rounds 3]
@@ -18,6 +21,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -31,6 +35,25 @@ from flops.runstate import TERMINAL  # noqa: E402
 
 TASK_DIR = REPO_ROOT / "bench" / "wine_mlp"
 MB = 1024 * 1024
+# The wine MLP's own work in one process, as a user would run it without federated learning.
+TASK_ALONE = """
+import resource, sys
+sys.path.insert(0, sys.argv[1])
+import task
+trainloader, testloader = task.load_data(0, int(sys.argv[2]))
+net = task.Net()
+for _ in range(int(sys.argv[3])):
+    task.train(net, trainloader, 1)
+    task.test(net, testloader)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def task_alone_rss(learners: int, rounds: int) -> int:
+    """Peak RSS (bytes) of the task run by itself in plain Python: the baseline for a learner's host."""
+    done = subprocess.run([sys.executable, "-c", TASK_ALONE, str(TASK_DIR), str(learners), str(rounds)],
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout.strip().splitlines()[-1])
 
 
 def _state(workdir: Path, run_id: str) -> dict:
@@ -104,12 +127,15 @@ def main() -> None:
         source = example_repo(Path(tmp), TASK_DIR)
         workdir = Path(tmp) / "work"
         print(f"# wine MLP, flat, {args.rounds} rounds; load before {load_average()}; {RUN_ID_ENV} groups sampled 1/s")
-        print("learners  status    learner RSS max/median MB  learner USS max MB  run RSS MB  s/round (after 1st)  load")
+        alone = task_alone_rss(min(args.learners), args.rounds) / MB
+        print(f"# baseline: the task alone in plain Python (no Flower, no FLOps), peak RSS {alone:.0f} MB")
+        print("learners  status    learner RSS max/median MB  above the task alone MB  learner USS max MB  run RSS MB"
+              "  s/round (after 1st)  load")
         for count in args.learners:
             r = measure(source, count, args.rounds, workdir)
             per_round = "-" if r["round_s_median_after_first"] is None else f"{r['round_s_median_after_first']:.1f}"
             print(f"{count:8d}  {r['status']:8s}  {r['learner_rss_mb_max']:10.0f} / {r['learner_rss_mb_median']:<10.0f}"
-                  f"  {r['learner_uss_mb_max']:18.0f}  {r['run_rss_mb']:10.0f}  {per_round:>19s}  {r['load']}",
+                  f"  {r['learner_rss_mb_max'] - alone:23.0f}  {r['learner_uss_mb_max']:18.0f}  {r['run_rss_mb']:10.0f}  {per_round:>19s}  {r['load']}",
                   flush=True)
             print(f"#   rounds {[round(d, 1) for d in r['round_s']]}", flush=True)
 

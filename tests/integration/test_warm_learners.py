@@ -135,6 +135,11 @@ def test_kill_9_of_a_warm_learner_mid_round_leaves_it_out_of_that_round_only(pro
         pids = wait_for(training_learners, 600, "both learners to start training")
         run_id = next(p.name for p in (workdir / "runs").iterdir())
         assert not _zombies_under(_run_processes(run_id)), _zombies_under(_run_processes(run_id))
+        # A learner is two processes: its SuperNode (which also takes and hands out the tasks) and the worker.
+        group = [p for p in _run_processes(run_id) if os.getpgid(p) == os.getpgid(pids["1"])]
+        supernode = int(Path(f"/proc/{pids['1']}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert sorted(group) == sorted([supernode, pids["1"]]), group
+        assert b"warm_executor.py" in Path(f"/proc/{supernode}/cmdline").read_bytes()
         os.kill(pids["1"], signal.SIGKILL)
         (probe / "hold").unlink()
         stdout, stderr = proc.communicate(timeout=600)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +23,8 @@ def _load(name: str):  # noqa: ANN202 - a module
     return module
 
 
+prompt_supernode = _load("prompt_supernode")
+sys.modules["prompt_supernode"] = prompt_supernode  # warm_executor imports it as the script beside it
 warm_executor = _load("warm_executor")
 
 
@@ -33,10 +35,10 @@ def test_runtime_api_address_follows_the_supernodes_own_host_and_port() -> None:
 
 
 def test_the_supernode_is_started_with_process_isolation_unless_told_otherwise() -> None:
-    launcher = warm_executor.Launcher(["flower-supernode", "--insecure"], poll_interval=0.05)
-    assert launcher.supernode_argv[-2:] == ["--isolation", "process"]
+    launcher = warm_executor.Launcher(["/venv/bin/flower-supernode", "--insecure"], poll_interval=0.05)
+    assert launcher.supernode_args == ["--insecure", "--isolation", "process"]
     explicit = warm_executor.Launcher(["flower-supernode", "--isolation", "process"], poll_interval=0.05)
-    assert explicit.supernode_argv.count("--isolation") == 1
+    assert explicit.supernode_args.count("--isolation") == 1
 
 
 def test_a_failure_names_the_learner_or_the_cluster() -> None:
@@ -44,9 +46,12 @@ def test_a_failure_names_the_learner_or_the_cluster() -> None:
     assert warm_executor._who({"cluster-name": "edge-a", "cluster-index": 0}) == "cluster edge-a"
 
 
-def test_the_launcher_needs_the_supernode_command() -> None:
+def test_the_launcher_needs_the_supernode_command(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         warm_executor.main(["--"])
+    with pytest.raises(SystemExit):  # it runs Flower's SuperNode in its own process: no other command
+        warm_executor.main(["--", "/opt/my-supernode", "--insecure"])
+    assert "must be flower-supernode, not '/opt/my-supernode'" in capsys.readouterr().err
 
 
 # --- PromptGrid: Flower's send_and_receive semantics without the 3 s sleep ---
@@ -116,15 +121,6 @@ def test_the_image_runs_learners_and_cluster_aggregators_warm() -> None:
 
 # --- prompt_supernode: Flower's SuperNode loop with short idle sleeps ---
 
-prompt_supernode = _load("prompt_supernode")
-
-
-def test_the_launcher_starts_flower_supernode_through_the_prompt_script() -> None:
-    launcher = warm_executor.Launcher(["/venv/bin/flower-supernode", "--insecure"], poll_interval=0.05)
-    assert launcher.supernode_argv[:3] == [sys.executable, str(warm_executor.PROMPT_SUPERNODE), "--insecure"]
-    other = warm_executor.Launcher(["/opt/my-supernode", "--insecure"], poll_interval=0.05)
-    assert other.supernode_argv[0] == "/opt/my-supernode"
-
 
 def test_flowers_installed_supernode_loop_is_the_one_the_prompt_script_replaces_sleeps_in(
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -184,32 +180,27 @@ def test_the_worker_pulls_its_message_with_a_short_retry_backoff(monkeypatch: py
 
 
 def test_the_supernode_tells_the_launcher_when_a_message_is_stored() -> None:
-    read_end, write_end = os.pipe()
-    try:
-        pulls = iter([None, 11, None, 12])
-        loop = SimpleNamespace(time=time, _pull_and_store_message=lambda **_: next(pulls))
-        prompt_supernode.install(loop, notify_fd=write_end)
-        for _ in range(4):
-            loop._pull_and_store_message(state=None)
-        assert os.read(read_end, 16) == b"rmm"  # ready, then one byte per stored message
-    finally:
-        os.close(read_end)
-        os.close(write_end)
+    stored: list[int] = []
+    pulls = iter([None, 11, None, 12])
+    loop = SimpleNamespace(time=time, _pull_and_store_message=lambda **_: next(pulls))
+    prompt_supernode.install(loop, on_message=lambda: stored.append(1))
+    for _ in range(4):
+        loop._pull_and_store_message(state=None)
+    assert len(stored) == 2  # once per stored message, not per pull
 
 
 def test_the_launcher_waits_for_the_supernodes_word_and_not_longer() -> None:
     launcher = warm_executor.Launcher(["flower-supernode"], poll_interval=0.05)
-    launcher.pulled, write_end = os.pipe()
-    os.write(write_end, b"r")
+    launcher.told = True
+    threading.Timer(0.05, launcher.message_stored.set).start()
+    started = time.monotonic()
+    launcher._wait_for_a_message()  # returns on the word, not after TOLD_POLL_S
+    waited = time.monotonic() - started
+    assert 0.04 <= waited < warm_executor.TOLD_POLL_S and not launcher.message_stored.is_set()
+    started = time.monotonic()
+    launcher._wait_for_a_message()  # nobody says anything: the safety-net look after TOLD_POLL_S
+    assert time.monotonic() - started >= warm_executor.TOLD_POLL_S
+    launcher.told = False  # Flower's loop as shipped never says: poll at the launcher's interval
     started = time.monotonic()
     launcher._wait_for_a_message()
-    assert launcher.told and time.monotonic() - started < warm_executor.TOLD_POLL_S
-    os.write(write_end, b"m")
-    launcher._wait_for_a_message()  # returns on the byte, not after TOLD_POLL_S
     assert time.monotonic() - started < warm_executor.TOLD_POLL_S
-    os.close(write_end)  # the SuperNode exited: no busy loop on the closed pipe, and nothing "told"
-    launcher.told = False
-    launcher._wait_for_a_message()
-    assert not launcher.told
-    launcher.stop()
-    assert launcher.pulled is None

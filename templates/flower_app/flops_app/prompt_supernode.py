@@ -1,25 +1,23 @@
 """flower-supernode that notices a waiting message promptly instead of after Flower's fixed 3 s idle sleep.
 
-    python prompt_supernode.py <flower-supernode arguments>
-
 Flower's SuperNode loop (flwr/supernode/start_client_internal.py) sleeps a hard-coded 3 s whenever a pull
 finds no message, and 0.5 s at a time while it waits for the ClientApp's reply in its own in-memory state:
-a warm learner that trains in 0.2 s would spend most of each round in those sleeps. This script runs
+a warm learner that trains in 0.2 s would spend most of each round in those sleeps. `prepare()` leaves
 Flower's own SuperNode unchanged, except that the `time` module that loop sees is a stand-in whose sleeps
 are short: the idle poll starts at 0.1 s after a message and backs off to 1 s (so an idle fleet does not
 flood its SuperLink), and the local reply wait ticks at 20 ms. Flower's installed files are not touched;
 if its loop is not laid out as expected, the SuperNode runs as shipped and says so once.
 
-Runs as a script next to warm_executor.py, which starts it in place of `flower-supernode` and hands it the write
-end of a pipe (its number in FLOPS_MESSAGE_PULLED_FD): one byte there once the loop is ours, and one each time a
-message is stored and its ClientApp task is waiting, so the launcher takes the task at once instead of polling.
+A module beside warm_executor.py, which runs the SuperNode in its own process and passes `on_message`: called
+each time a message is stored and its ClientApp task is waiting, so the launcher takes the task at once
+instead of polling.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
+from collections.abc import Callable
 
 # What the loop sleeps (Flower 1.42): when a pull found nothing; while its reply or an object is not stored yet.
 FLOWER_IDLE_SLEEP_S = 3
@@ -28,7 +26,6 @@ FIRST_IDLE_POLL_S = 0.1
 IDLE_POLL_GROWTH = 1.5
 MAX_IDLE_POLL_S = 1.0
 LOCAL_WAIT_TICK_S = 0.02
-MESSAGE_PULLED_FD_ENV = "FLOPS_MESSAGE_PULLED_FD"
 
 
 class PromptClock:
@@ -54,18 +51,9 @@ class PromptClock:
         return getattr(time, name)
 
 
-def _tell(notify_fd: int | None, what: bytes) -> None:
-    """One byte to the launcher; never blocks or fails the SuperNode (a full pipe already says "look")."""
-    if notify_fd is not None:
-        try:
-            os.write(notify_fd, what)
-        except OSError:
-            pass
-
-
-def install(loop_module, notify_fd: int | None = None) -> PromptClock | None:  # noqa: ANN001 - Flower's module
-    """Give the SuperNode loop a PromptClock (and a byte on notify_fd per stored message); None, and nothing
-    changed, if the loop is not the one we know."""
+def install(loop_module, on_message: Callable[[], None] | None = None) -> PromptClock | None:  # noqa: ANN001
+    """Give the SuperNode loop (Flower's module) a PromptClock, and call on_message per stored message; None,
+    and nothing changed, if the loop is not the one we know."""
     pull = getattr(loop_module, "_pull_and_store_message", None)
     if getattr(loop_module, "time", None) is not time or not callable(pull):
         return None
@@ -75,12 +63,12 @@ def install(loop_module, notify_fd: int | None = None) -> PromptClock | None:  #
         run_id = pull(*args, **kwargs)  # returns once the message is stored and its task created
         if run_id is not None:
             clock.message_pulled()
-            _tell(notify_fd, b"m")
+            if on_message is not None:
+                on_message()
         return run_id
 
     loop_module.time = clock
     loop_module._pull_and_store_message = pull_and_note
-    _tell(notify_fd, b"r")
     return clock
 
 
@@ -88,23 +76,15 @@ def _log(text: str) -> None:
     print(f"[prompt-supernode] {text}", file=sys.stderr, flush=True)
 
 
-def main(argv: list[str]) -> None:
+def prepare(on_message: Callable[[], None] | None = None) -> bool:
+    """Timestamps in the SuperNode's log and the prompt loop, before `flower_supernode()` runs in this process;
+    False (and said once) if Flower's loop is not the one this module knows."""
     from flwr.supercore.logger import update_console_handler
     from flwr.supernode import start_client_internal
-    from flwr.supernode.cli import flower_supernode
 
     update_console_handler(timestamps=True)  # a learner's log says when each message came and went
-
-    notify_fd = int(os.environ[MESSAGE_PULLED_FD_ENV]) if MESSAGE_PULLED_FD_ENV in os.environ else None
-    if notify_fd is not None:
-        os.set_blocking(notify_fd, False)
-    if install(start_client_internal, notify_fd) is None:
-        _log("Flower's SuperNode loop is not the one this script knows: its 3 s idle poll stays")
-    else:
-        _log(f"idle poll {FIRST_IDLE_POLL_S}-{MAX_IDLE_POLL_S} s instead of Flower's {FLOWER_IDLE_SLEEP_S} s")
-    sys.argv = ["flower-supernode", *argv]
-    flower_supernode()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+    if install(start_client_internal, on_message) is None:
+        _log("Flower's SuperNode loop is not the one this module knows: its 3 s idle poll stays")
+        return False
+    _log(f"idle poll {FIRST_IDLE_POLL_S}-{MAX_IDLE_POLL_S} s instead of Flower's {FLOWER_IDLE_SLEEP_S} s")
+    return True

@@ -3,16 +3,19 @@ run's ClientApp (the user's task, model and data) loaded and serves every messag
 
     python warm_executor.py [--poll-interval S] -- flower-supernode --insecure --superlink HOST:PORT ...
 
-The launcher is the component's one process group: it starts the SuperNode as its child (through
-prompt_supernode.py, which shortens Flower's idle sleeps, when the command is `flower-supernode`), takes the
-SuperNode's ClientApp tasks over the Runtime API (as Flower's SuperExec would) and hands each task's token
-to the worker of that task's run and FAB. A new run or FAB gets a new worker; the previous one is retired.
-The launcher exits when the SuperNode does (with its code); a worker that dies mid-task is answered with a
-"crashed" error reply naming the learner, as Flower answers for a dead flwr-clientapp: the aggregator leaves the
-learner out of that round instead of waiting for it, and the next task starts a new worker.
+Two processes per component, one process group. The launcher's process runs Flower's own SuperNode in its
+main thread (prompt_supernode.py shortens its idle sleeps) and, in a second thread, takes the SuperNode's
+ClientApp tasks over the Runtime API (as Flower's SuperExec would) and hands each task's token to the worker
+of that task's run and FAB. A new run or FAB gets a new worker; the previous one is retired. The SuperNode
+and the launcher share one process because they import the same Flower modules (a separate launcher cost
+~90 MB of a learner's memory); the user's code stays in the worker, so its crash never takes the SuperNode
+down. The process exits when the SuperNode does (with its code); a worker that dies mid-task is answered
+with a "crashed" error reply naming the learner, as Flower answers for a dead flwr-clientapp: the aggregator
+leaves the learner out of that round instead of waiting for it, and the next task starts a new worker.
 
-Runs as a script (not as part of the flops_app package) and imports only Flower and the standard library:
-the worker loads the run's ClientApp from the FAB the SuperNode hands out, like flwr-clientapp does.
+Runs as a script (not as part of the flops_app package) and imports only Flower, the standard library and
+prompt_supernode.py beside it: the worker loads the run's ClientApp from the FAB the SuperNode hands out, like
+flwr-clientapp does.
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PROMPT_SUPERNODE = Path(__file__).resolve().parent / "prompt_supernode.py"
-MESSAGE_PULLED_FD_ENV = "FLOPS_MESSAGE_PULLED_FD"  # as in prompt_supernode.py
+import prompt_supernode  # beside this script: sys.path[0] when it runs
+
+SUPERNODE_COMMAND = "flower-supernode"
 # Once the SuperNode says when a message is stored, looking for a task without being told is only a safety net.
 TOLD_POLL_S = 1.0
 RUNTIME_API_DEFAULT = ("127.0.0.1", 9094)  # flower-supernode's own defaults for --host / --port
@@ -47,9 +53,12 @@ PR_SET_PDEATHSIG = 1
 MESSAGE_PULL_BACKOFF_S = {"initial_backoff": 0.02, "backoff_cap": 0.5}
 
 
-def _die_with_parent() -> None:
-    """Child side of Popen: get SIGKILL when the launcher dies, even by SIGKILL, so nothing is orphaned."""
+def _die_with_parent(parent_pid: int) -> None:
+    """In the worker: get SIGKILL when the launcher dies, even by SIGKILL, so nothing is orphaned. Set here
+    rather than between fork and exec, which is unsafe in the launcher's threaded process."""
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the launcher died before the line above
+        os._exit(1)
 
 
 def _runtime_api_address(supernode_argv: list[str]) -> str:
@@ -108,9 +117,9 @@ class Worker:
         task_read, task_write = os.pipe()
         result_read, result_write = os.pipe()
         proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", runtime_api,
+            [sys.executable, str(Path(__file__).resolve()), "--worker", runtime_api, "--parent", str(os.getpid()),
              "--task-fd", str(task_read), "--result-fd", str(result_write)],
-            stdin=subprocess.DEVNULL, pass_fds=(task_read, result_write), preexec_fn=_die_with_parent,
+            stdin=subprocess.DEVNULL, pass_fds=(task_read, result_write),
         )
         os.close(task_read)
         os.close(result_write)
@@ -146,52 +155,61 @@ class Worker:
 
 
 class Launcher:
-    """Owns the SuperNode and the workers; the loop that takes ClientApp tasks and dispatches them."""
+    """Runs the SuperNode in this process and owns the workers; its thread takes ClientApp tasks and
+    dispatches them."""
 
     def __init__(self, supernode_argv: list[str], poll_interval: float) -> None:
-        if "--isolation" not in supernode_argv:
-            supernode_argv = [*supernode_argv, "--isolation", "process"]
-        if Path(supernode_argv[0]).name == "flower-supernode":
-            supernode_argv = [sys.executable, str(PROMPT_SUPERNODE), *supernode_argv[1:]]
-        self.supernode_argv = supernode_argv
-        self.runtime_api = _runtime_api_address(supernode_argv)
+        if Path(supernode_argv[0]).name != SUPERNODE_COMMAND:
+            raise ValueError(f"the command after -- must be {SUPERNODE_COMMAND}, not {supernode_argv[0]!r}")
+        self.supernode_args = supernode_argv[1:]
+        if "--isolation" not in self.supernode_args:
+            self.supernode_args += ["--isolation", "process"]
+        self.runtime_api = _runtime_api_address(self.supernode_args)
         self.poll_interval = poll_interval
-        self.supernode: subprocess.Popen | None = None
         self.worker: Worker | None = None
-        self.pulled: int | None = None  # read end of the SuperNode's "a message is stored" pipe
-        self.told = False  # the SuperNode has said it will tell (prompt_supernode.py installed)
+        self.message_stored = threading.Event()  # set by the SuperNode loop (prompt_supernode.install)
+        self.told = False  # the SuperNode loop is the prompt one, so message_stored is set when one is stored
+        self.stopping = False
 
-    def run(self) -> int:
-        self.pulled, pulled_write = os.pipe()
-        self.supernode = subprocess.Popen(self.supernode_argv, stdin=subprocess.DEVNULL,
-                                          preexec_fn=_die_with_parent, pass_fds=(pulled_write,),
-                                          env={**os.environ, MESSAGE_PULLED_FD_ENV: str(pulled_write)})
-        os.close(pulled_write)
-        while not _port_open(self.runtime_api):
-            if self.supernode.poll() is not None:
-                return self.supernode.returncode
-            time.sleep(0.1)
-        client = _runtime_client(self.runtime_api, token=None)
+    def run(self) -> None:
+        """Flower's SuperNode in this thread, until it exits the process; the dispatch loop in another."""
+        from flwr.supercore.exit import add_exit_handler
+        from flwr.supernode.cli import flower_supernode
+
+        self.told = prompt_supernode.prepare(self.message_stored.set)
+        add_exit_handler(self.stop)  # Flower's exit path (SIGTERM included) retires the worker
+        threading.Thread(target=self._dispatch_loop, name="warm-executor", daemon=True).start()
+        sys.argv = [SUPERNODE_COMMAND, *self.supernode_args]
+        flower_supernode()
+
+    def _dispatch_loop(self) -> None:
         try:
-            return self._serve(client)
-        finally:
-            client.close()
+            while not _port_open(self.runtime_api):
+                time.sleep(0.1)
+            client = _runtime_client(self.runtime_api, token=None)
+            try:
+                self._serve(client)
+            finally:
+                client.close()
+        except BaseException:  # noqa: BLE001 - a SuperNode whose tasks nobody takes would hang its run
+            if self.stopping:
+                return  # the SuperNode is exiting and took the Runtime API or a worker pipe with it
+            _log(f"dispatch loop failed, ending the learner:\n{traceback.format_exc()}")
+            self._retire_worker()
+            os._exit(1)
 
-    def _serve(self, client) -> int:  # noqa: ANN001 - Flower's RuntimeHttpClient
+    def _serve(self, client) -> None:  # noqa: ANN001 - Flower's RuntimeHttpClient
         import httpx
         from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
 
-        while True:
-            if (code := self.supernode.poll()) is not None:
-                _log(f"flower-supernode exited with code {code}")
-                return code
-            _reap_orphans({self.supernode.pid} | ({self.worker.proc.pid} if self.worker else set()))
+        while not self.stopping:
+            _reap_orphans({os.getpid()} | ({self.worker.proc.pid} if self.worker else set()))
             if self.worker is not None and self.worker.proc.poll() is not None:
                 _log(f"run {self.worker.run_id}: idle warm worker exited with code {self.worker.proc.returncode}")
                 self._retire_worker()
             try:
                 res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[CLIENT_APP_TASK]))
-            except httpx.HTTPError as err:  # the SuperNode is restarting or stopping: its exit is seen above
+            except httpx.HTTPError as err:  # the SuperNode is stopping; its exit ends this thread
                 _log(f"AcquireTask failed: {err}")
                 time.sleep(WAIT_TICK_S)
                 continue
@@ -201,13 +219,10 @@ class Launcher:
                 self._wait_for_a_message()
 
     def _wait_for_a_message(self) -> None:
-        """Until the SuperNode says a message is stored, or the poll interval if it never says (stock SuperNode)."""
-        ready, _, _ = select.select([self.pulled], [], [], TOLD_POLL_S if self.told else self.poll_interval)
-        if ready:
-            if os.read(self.pulled, 4096):
-                self.told = True
-            else:  # the SuperNode closed its end: it is exiting, which the loop sees next
-                time.sleep(self.poll_interval)
+        """Until the SuperNode loop says a message is stored, or the poll interval if it never says (Flower's
+        loop as shipped). A message stored between the wait and the clear is found by the next AcquireTask."""
+        if self.message_stored.wait(TOLD_POLL_S if self.told else self.poll_interval):
+            self.message_stored.clear()
 
     def _dispatch(self, run_id: int, fab_hash: str, token: str) -> None:
         if self.worker is not None and (self.worker.run_id, self.worker.fab_hash) != (run_id, fab_hash):
@@ -221,7 +236,7 @@ class Launcher:
         except OSError:
             pass  # a dead worker: handled below like a death mid-task
         guard = None
-        while True:
+        while not self.stopping:
             line = worker.read_line(WAIT_TICK_S)
             if line and line.startswith("guard "):
                 guard = bytes.fromhex(line.split(" ", 1)[1])
@@ -229,8 +244,8 @@ class Launcher:
                 return
             elif line == "" or worker.proc.poll() is not None:
                 break
-            if self.supernode.poll() is not None:
-                return  # the SuperNode is gone; the main loop exits with its code
+        if self.stopping:
+            return
         code = worker.proc.wait()
         reason = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
         _log(f"run {run_id}: warm worker pid {worker.proc.pid} {reason} during a task")
@@ -243,17 +258,8 @@ class Launcher:
             self.worker = None
 
     def stop(self) -> None:
+        self.stopping = True
         self._retire_worker()
-        if self.pulled is not None:
-            os.close(self.pulled)
-            self.pulled = None
-        if self.supernode is not None and self.supernode.poll() is None:
-            self.supernode.terminate()
-            try:
-                self.supernode.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                self.supernode.kill()
-                self.supernode.wait()
 
 
 def _runtime_client(runtime_api: str, token: str | None):  # noqa: ANN202 - Flower's RuntimeHttpClient
@@ -307,8 +313,9 @@ def _prompt_message_pulls() -> None:
         run_clientapp.pull_and_inflate_object_from_tree, **MESSAGE_PULL_BACKOFF_S)
 
 
-def serve_worker(runtime_api: str, task_fd: int, result_fd: int) -> None:
+def serve_worker(runtime_api: str, parent_pid: int, task_fd: int, result_fd: int) -> None:
     """Worker loop: one token per line; the ClientApp is loaded on the first task and kept."""
+    _die_with_parent(parent_pid)
     _prompt_message_pulls()
     loaded: dict[str, object] = {}
     with os.fdopen(task_fd, "rb", buffering=0) as tasks, os.fdopen(result_fd, "wb", buffering=0) as results:
@@ -378,25 +385,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll-interval", type=float, default=0.05,
                         help="seconds between looks for a new ClientApp task when none is waiting")
     parser.add_argument("--worker", metavar="RUNTIME_API", help=argparse.SUPPRESS)
+    parser.add_argument("--parent", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--task-fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--result-fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("supernode", nargs=argparse.REMAINDER, help="-- then the flower-supernode command")
     args = parser.parse_args(argv)
     if args.worker:
-        serve_worker(args.worker, args.task_fd, args.result_fd)
+        serve_worker(args.worker, args.parent, args.task_fd, args.result_fd)
         return 0
     supernode_argv = args.supernode[1:] if args.supernode[:1] == ["--"] else args.supernode
     if not supernode_argv:
-        parser.error("give the flower-supernode command after --")
-    launcher = Launcher(supernode_argv, args.poll_interval)
+        parser.error(f"give the {SUPERNODE_COMMAND} command after --")
+    try:
+        launcher = Launcher(supernode_argv, args.poll_interval)
+    except ValueError as err:
+        parser.error(str(err))
 
-    def _terminate(signum: int, _frame: object) -> None:
+    def _terminate(signum: int, _frame: object) -> None:  # until Flower's SuperNode installs its own handlers
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
     try:
-        return launcher.run()
+        launcher.run()
+        return 0
     finally:
         launcher.stop()
 
