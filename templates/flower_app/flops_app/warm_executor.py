@@ -253,9 +253,9 @@ class Launcher:
         _answer_for_dead_worker(self.runtime_api, token, guard, reason)
 
     def _retire_worker(self) -> None:
-        if self.worker is not None:
-            self.worker.stop()
-            self.worker = None
+        worker, self.worker = self.worker, None  # both threads may retire it (a task's end, Flower's exit)
+        if worker is not None:
+            worker.stop()
 
     def stop(self) -> None:
         self.stopping = True
