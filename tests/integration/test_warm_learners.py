@@ -114,6 +114,13 @@ def _run_processes(run_id: str) -> set[int]:
     return set(processes_of_run(run_id))
 
 
+def _process_group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:  # a process of the run that has just ended
+        return None
+
+
 def test_kill_9_of_a_warm_learner_mid_round_leaves_it_out_of_that_round_only(probe_repo: Path, tmp_path: Path) -> None:
     """A warm worker killed mid-round is a lost learner, not broken code: the round closes without it, the next
     task starts a new warm worker, the run finishes, and no zombie or process is left behind."""
@@ -136,7 +143,7 @@ def test_kill_9_of_a_warm_learner_mid_round_leaves_it_out_of_that_round_only(pro
         run_id = next(p.name for p in (workdir / "runs").iterdir())
         assert not _zombies_under(_run_processes(run_id)), _zombies_under(_run_processes(run_id))
         # A learner is two processes: its SuperNode (which also takes and hands out the tasks) and the worker.
-        group = [p for p in _run_processes(run_id) if os.getpgid(p) == os.getpgid(pids["1"])]
+        group = [p for p in _run_processes(run_id) if _process_group(p) == os.getpgid(pids["1"])]
         supernode = int(Path(f"/proc/{pids['1']}/stat").read_text().rsplit(")", 1)[1].split()[1])
         assert sorted(group) == sorted([supernode, pids["1"]]), group
         assert b"warm_executor.py" in Path(f"/proc/{supernode}/cmdline").read_bytes()
