@@ -103,6 +103,17 @@ def test_an_error_reply_does_not_end_the_wait_for_the_others(prompt_grid) -> Non
     assert inner.pulls == 4
 
 
+def test_replies_are_pulled_often_while_they_are_due_then_less(prompt_grid, monkeypatch) -> None:  # noqa: ANN001
+    fake = FakeTime()
+    monkeypatch.setattr(prompt_grid.time, "sleep", fake.sleep)
+    monkeypatch.setattr(prompt_grid.time, "monotonic", fake.monotonic)
+    inner = ReplyingGrid({"a": (60, _reply("a"))})
+    prompt_grid.PromptGrid(inner).send_and_receive(["a"], timeout=600)
+    quick = round(prompt_grid.QUICK_PULLS_S / prompt_grid.FIRST_PULL_WAIT_S)
+    assert fake.slept[:quick] == [prompt_grid.FIRST_PULL_WAIT_S] * quick
+    assert fake.slept[-1] == prompt_grid.LONGEST_PULL_WAIT_S and inner.pulls == 60
+
+
 def test_a_timeout_returns_what_arrived(prompt_grid) -> None:  # noqa: ANN001
     inner = ReplyingGrid({"a": (1, _reply("a")), "b": (10_000, _reply("b"))})
     replies = prompt_grid.PromptGrid(inner).send_and_receive(["a", "b"], timeout=0.3)
@@ -145,24 +156,41 @@ def test_an_unknown_loop_is_left_as_it_is() -> None:
     assert prompt_supernode.install(SimpleNamespace(time=time)) is None
 
 
-def test_the_idle_poll_backs_off_to_its_cap_and_restarts_short_after_a_message(
+class FakeTime:
+    """time.sleep and time.monotonic of a clock that only sleeping moves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_the_idle_poll_stays_short_while_a_message_is_due_then_backs_off_and_restarts_after_one(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    slept: list[float] = []
-    monkeypatch.setattr(prompt_supernode.time, "sleep", slept.append)
-    pulls = iter([None, None, None, None, None, None, None, None, 7, None])
+    fake = FakeTime()
+    monkeypatch.setattr(prompt_supernode.time, "sleep", fake.sleep)
+    monkeypatch.setattr(prompt_supernode.time, "monotonic", fake.monotonic)
+    pulls = iter([None] * 40 + [7, None, None])
     loop = SimpleNamespace(time=time, _pull_and_store_message=lambda **_: next(pulls))
     clock = prompt_supernode.install(loop)
-    for _ in range(10):
+    for _ in range(43):
         if loop._pull_and_store_message(state=None) is None:
             loop.time.sleep(3)
     loop.time.sleep(0.5)  # the loop's wait for a reply in its own state
     loop.time.sleep(7)  # any other sleep is kept
-    idle = slept[:9]
-    assert idle[0] == prompt_supernode.FIRST_IDLE_POLL_S
-    assert all(b >= a for a, b in zip(idle[:7], idle[1:8])) and max(idle) == prompt_supernode.MAX_IDLE_POLL_S
-    assert idle[8] == prompt_supernode.FIRST_IDLE_POLL_S  # the pull after the message polls short again
-    assert slept[9:] == [prompt_supernode.LOCAL_WAIT_TICK_S, 7]
-    assert clock.idle_poll_s > prompt_supernode.FIRST_IDLE_POLL_S
+    idle = fake.slept[:40]
+    quick = round(prompt_supernode.QUICK_IDLE_S / prompt_supernode.FIRST_IDLE_POLL_S)
+    assert idle[:quick] == [prompt_supernode.FIRST_IDLE_POLL_S] * quick  # the next message is due: poll short
+    assert all(b >= a for a, b in zip(idle, idle[1:])) and idle[-1] == prompt_supernode.MAX_IDLE_POLL_S
+    assert fake.slept[40:42] == [prompt_supernode.FIRST_IDLE_POLL_S] * 2  # after the message: short again
+    assert fake.slept[42:] == [prompt_supernode.LOCAL_WAIT_TICK_S, 7]
+    assert clock.idle_poll_s == prompt_supernode.FIRST_IDLE_POLL_S
 
 
 def test_the_worker_pulls_its_message_with_a_short_retry_backoff(monkeypatch: pytest.MonkeyPatch) -> None:

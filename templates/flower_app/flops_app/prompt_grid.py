@@ -10,8 +10,10 @@ from flwr.serverapp import Grid
 
 # HttpGrid.send_and_receive sleeps a fixed 3 s between pulls (flwr/superlink/grid/http_grid.py): with
 # warm learners most replies arrive well within that. A pull is one loopback call to this SuperLink, so
-# starting at 50 ms and backing off to 0.5 s costs little while a slow round is still running.
+# pulling every 50 ms while warm learners' replies are due (their first seconds), then backing off to 0.5 s,
+# costs little while a slow round is still running.
 FIRST_PULL_WAIT_S = 0.05
+QUICK_PULLS_S = 2.0
 LONGEST_PULL_WAIT_S = 0.5
 NODE_WAIT_S = 0.1
 
@@ -48,7 +50,8 @@ class PromptGrid(Grid):
         An error reply does not end the wait: one learner's exception is not yet the run's end (the strategy
         decides with every reply of the round in hand)."""
         waiting = set(self._grid.push_messages(messages))
-        end = time.monotonic() + (timeout or 0.0)
+        started = time.monotonic()
+        end = started + (timeout or 0.0)
         replies: list[Message] = []
         pause = FIRST_PULL_WAIT_S
         while timeout is None or time.monotonic() < end:
@@ -58,7 +61,8 @@ class PromptGrid(Grid):
             if not waiting:
                 break
             time.sleep(pause)
-            pause = min(pause * 2, LONGEST_PULL_WAIT_S)
+            if time.monotonic() - started >= QUICK_PULLS_S:
+                pause = min(pause * 2, LONGEST_PULL_WAIT_S)
         return replies
 
     def wait_for_nodes(self, count: int, timeout_s: float) -> None:

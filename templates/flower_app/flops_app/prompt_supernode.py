@@ -4,8 +4,9 @@ Flower's SuperNode loop (flwr/supernode/start_client_internal.py) sleeps a hard-
 finds no message, and 0.5 s at a time while it waits for the ClientApp's reply in its own in-memory state:
 a warm learner that trains in 0.2 s would spend most of each round in those sleeps. `prepare()` leaves
 Flower's own SuperNode unchanged, except that the `time` module that loop sees is a stand-in whose sleeps
-are short: the idle poll starts at 0.1 s after a message and backs off to 1 s (so an idle fleet does not
-flood its SuperLink), and the local reply wait ticks at 20 ms. Flower's installed files are not touched;
+are short: the idle poll is 0.1 s for the first 2 s of idling after a message (when the round's next message
+is due), then backs off to 1 s (so an idle fleet does not flood its SuperLink), and the local reply wait
+ticks at 20 ms. Flower's installed files are not touched;
 if its loop is not laid out as expected, the SuperNode runs as shipped and says so once.
 
 A module beside warm_executor.py, which runs the SuperNode in its own process and passes `on_message`: called
@@ -23,6 +24,7 @@ from collections.abc import Callable
 FLOWER_IDLE_SLEEP_S = 3
 FLOWER_LOCAL_WAIT_S = 0.5
 FIRST_IDLE_POLL_S = 0.1
+QUICK_IDLE_S = 2.0  # idling this long after a message at FIRST_IDLE_POLL_S: the next phase's message is due
 IDLE_POLL_GROWTH = 1.5
 MAX_IDLE_POLL_S = 1.0
 LOCAL_WAIT_TICK_S = 0.02
@@ -33,15 +35,20 @@ class PromptClock:
 
     def __init__(self) -> None:
         self.idle_poll_s = FIRST_IDLE_POLL_S
+        self.idle_since: float | None = None  # the first idle sleep since the last message
 
     def message_pulled(self) -> None:
         """A message came: the next one (the round's next phase, the next round) is likely close behind."""
         self.idle_poll_s = FIRST_IDLE_POLL_S
+        self.idle_since = None
 
     def sleep(self, seconds: float) -> None:
         if seconds == FLOWER_IDLE_SLEEP_S:
+            if self.idle_since is None:  # the reply is sent (or the node just started): idling from now
+                self.idle_since = time.monotonic()
             time.sleep(self.idle_poll_s)
-            self.idle_poll_s = min(self.idle_poll_s * IDLE_POLL_GROWTH, MAX_IDLE_POLL_S)
+            if time.monotonic() - self.idle_since >= QUICK_IDLE_S:
+                self.idle_poll_s = min(self.idle_poll_s * IDLE_POLL_GROWTH, MAX_IDLE_POLL_S)
         elif seconds == FLOWER_LOCAL_WAIT_S:
             time.sleep(LOCAL_WAIT_TICK_S)
         else:
