@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.common.constant import ErrorCode
 
 from flops_app.control import ControlClient, ControlError
-from flops_app.events import EventLog, load_arrays
+from flops_app.events import EventLog, load_arrays, read_events
 from flops_app.handover import RESULT, post_request, remember_run, remembered_run, round_folder
 from flops_app.strategy import CLUSTER_INDEX, CLUSTER_KEY_PREFIX, LOCAL_ROUNDS_KEY, quorum_size
 
@@ -70,7 +70,7 @@ def train(msg: Message, context: Context) -> Message:
         **{k: float(v) for k, v in result.get("train", {}).items() if k != "num-examples"},
     }
     arrays = ArrayRecord(load_arrays(work.output_dir / "final_model.npz"))
-    local_rounds = ConfigRecord({LOCAL_ROUNDS_KEY: json.dumps(_events(work.output_dir, "local_round"))})
+    local_rounds = ConfigRecord({LOCAL_ROUNDS_KEY: json.dumps(read_events(work.output_dir, "local_round"))})
     return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics), "flops": local_rounds}),
                    reply_to=msg)
 
@@ -98,17 +98,9 @@ def _cluster_run(control: ControlClient, base: Path, node: dict, cfg: dict) -> i
     return run_id
 
 
-def _events(output_dir: Path, kind: str) -> list[dict]:
-    """The cluster run's events of one kind, from its events.jsonl on this host."""
-    path = output_dir / "events.jsonl"
-    if not path.exists():
-        return []
-    return [event for line in path.read_text().splitlines() if (event := json.loads(line))["event"] == kind]
-
-
 def _failure_reason(output_dir: Path, name: str, fallback: str) -> str:
     """The cluster run's own failure message (a learner's exception), else Flower's status details."""
-    failures = _events(output_dir, "failed")
+    failures = read_events(output_dir, "failed")
     return failures[-1]["message"] if failures else f"cluster {name}: local rounds failed: {fallback}"
 
 

@@ -17,6 +17,22 @@ import numpy as np
 EVENT_PREFIX = "[flops] "
 
 
+def read_events(output_dir: Path, event: str) -> list[dict[str, Any]]:
+    """The events of one kind in OUTPUT_DIR's events.jsonl (an EventLog's file), oldest first."""
+    path = output_dir / "events.jsonl"
+    if not path.exists():
+        return []
+    found = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the last line of a process killed while writing it
+        if isinstance(record, dict) and record.get("event") == event:
+            found.append(record)
+    return found
+
+
 class EventLog:
     """One JSON object per line; with no directory (a plain `flwr run`) events are only printed."""
 
@@ -36,18 +52,7 @@ class EventLog:
 
     def recorded(self, event: str) -> list[dict[str, Any]]:
         """This log's earlier events of one kind, from its file (a resumed aggregator's, before the restart)."""
-        path = self.output_dir / "events.jsonl" if self.output_dir is not None else None
-        if path is None or not path.exists():
-            return []
-        found = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the last line of a process killed while writing it
-            if isinstance(record, dict) and record.get("event") == event:
-                found.append(record)
-        return found
+        return read_events(self.output_dir, event) if self.output_dir is not None else []
 
     def resend(self, record: dict[str, Any]) -> None:
         """Print an earlier event again, marked so, for a follower that may have missed it (not kept twice)."""
